@@ -1,0 +1,474 @@
+# shellcheck shell=bash
+# SLM-Copilot: an OpenAI-compatible coding-assistant endpoint on CPU (llama-server behind nginx).
+# one-apps appliance script: sourced by the service entry, which provides msg, is_true, write_file.
+# shellcheck disable=SC2034  # the ONE_SERVICE_* metadata is read by the entry and the image build
+
+ONE_SERVICE_NAME='Service SLM-Copilot - private CPU coding assistant'
+ONE_SERVICE_VERSION='0.1.0'
+ONE_SERVICE_BUILD=$(date +%s)
+ONE_SERVICE_SHORT_DESCRIPTION='OpenAI-compatible chat API for coding assistants, served on CPU behind TLS'
+ONE_SERVICE_RECONFIGURABLE=true
+
+ONE_SERVICE_PARAMS=(
+    'ONEAPP_SLM_API_KEY'        'configure' 'API key clients send (empty: generated sk-... once, kept)' 'O|password'
+    'ONEAPP_SLM_CONTEXT_SIZE'   'configure' 'Context size in tokens (empty: the largest that fits RAM and the model)' 'O|number'
+    'ONEAPP_SLM_THREADS'        'configure' 'Engine threads (0: physical cores)' 'O|number'
+    'ONEAPP_SLM_PARALLEL'       'configure' 'Requests served at once (engine slots)' 'O|number'
+    'ONEAPP_SLM_TEMPERATURE'    'configure' 'Default sampling temperature (0 to 2)' 'O|text'
+    'ONEAPP_SLM_TLS_MODE'       'configure' 'TLS certificate: selfsigned, custom or letsencrypt' 'O|list|selfsigned,custom,letsencrypt'
+    'ONEAPP_SLM_TLS_CERT'       'configure' 'Custom TLS certificate chain, base64 PEM (TLS_MODE=custom)' 'O|text64'
+    'ONEAPP_SLM_TLS_KEY'        'configure' 'Custom TLS private key, base64 PEM (TLS_MODE=custom)' 'O|text64'
+    'ONEAPP_SLM_DOMAIN'         'configure' 'DNS name of the endpoint (added to the certificate)' 'O|text'
+    'ONEAPP_SLM_ACME_EMAIL'     'configure' "Contact e-mail for Let's Encrypt (TLS_MODE=letsencrypt)" 'O|text'
+    'ONEAPP_SLM_ACME_SERVER'    'configure' 'ACME directory URL (TLS_MODE=letsencrypt)' 'O|text'
+    'ONEAPP_SLM_CORS_ORIGINS'   'configure' 'Browser origins allowed (comma-separated, or *)' 'O|text'
+    'ONEAPP_SLM_RATE_LIMIT'     'configure' 'Requests per second per client address (burst: twice that)' 'O|number'
+    'ONEAPP_SLM_LOG_LEVEL'      'configure' 'Log level: error, warn, info or debug' 'O|list|error,warn,info,debug'
+)
+
+ONE_SERVICE_DESCRIPTION=$(cat <<'EOD'
+SLM-Copilot serves a GGUF coding model on CPU through an OpenAI-compatible API
+(/v1/chat/completions with streaming, /v1/completions, /v1/models) behind nginx with TLS.
+Clients (Cline, Continue, aider, the openai SDK) send the API key as a Bearer token;
+curl can use Basic auth with any user name and the key as password.
+The endpoint, API key, CA fingerprint and client settings are in /etc/one-appliance/config.
+EOD
+)
+
+# Defaults (one-apps style: context wins, empty means default).
+ONEAPP_SLM_API_KEY="${ONEAPP_SLM_API_KEY:-}"
+ONEAPP_SLM_CONTEXT_SIZE="${ONEAPP_SLM_CONTEXT_SIZE:-}"
+ONEAPP_SLM_THREADS="${ONEAPP_SLM_THREADS:-0}"
+ONEAPP_SLM_PARALLEL="${ONEAPP_SLM_PARALLEL:-2}"
+ONEAPP_SLM_TEMPERATURE="${ONEAPP_SLM_TEMPERATURE:-0.15}"
+ONEAPP_SLM_TLS_MODE="${ONEAPP_SLM_TLS_MODE:-selfsigned}"
+ONEAPP_SLM_TLS_CERT="${ONEAPP_SLM_TLS_CERT:-}"
+ONEAPP_SLM_TLS_KEY="${ONEAPP_SLM_TLS_KEY:-}"
+ONEAPP_SLM_DOMAIN="${ONEAPP_SLM_DOMAIN:-}"
+ONEAPP_SLM_ACME_EMAIL="${ONEAPP_SLM_ACME_EMAIL:-}"
+ONEAPP_SLM_ACME_SERVER="${ONEAPP_SLM_ACME_SERVER:-https://acme-v02.api.letsencrypt.org/directory}"
+ONEAPP_SLM_CORS_ORIGINS="${ONEAPP_SLM_CORS_ORIGINS:-*}"
+ONEAPP_SLM_RATE_LIMIT="${ONEAPP_SLM_RATE_LIMIT:-10}"
+ONEAPP_SLM_LOG_LEVEL="${ONEAPP_SLM_LOG_LEVEL:-warn}"
+
+# Layout. SLM_ROOT (lib/common.sh) is empty in the image; ports are fixed there too.
+SLM_APP_DIR="${SLM_ROOT}/opt/slm-copilot"
+SLM_CONF_DIR="${SLM_ROOT}/etc/slm-copilot"
+SLM_STATE_DIR="${SLM_ROOT}/var/lib/slm-copilot"
+SLM_TLS_DIR="${SLM_STATE_DIR}/tls"
+SLM_LOG_DIR="${SLM_ROOT}/var/log/slm-copilot"
+SLM_ACME_WEBROOT="${SLM_ROOT}/var/www/slm-copilot-acme"
+SLM_REPORT="${SLM_ROOT}/etc/one-appliance/config"
+SLM_MOTD="${SLM_ROOT}/etc/motd"
+SLM_NGINX_SITE="${SLM_ROOT}/etc/nginx/conf.d/slm-copilot.conf"
+SLM_ENGINE_PORT="${SLM_ENGINE_PORT:-8081}"
+SLM_HTTPS_PORT="${SLM_HTTPS_PORT:-443}"
+SLM_HTTP_PORT="${SLM_HTTP_PORT:-80}"
+SLM_BODY_LIMIT=8m
+SLM_USER=slm-copilot
+SLM_TEMPLATES="$(dirname "${BASH_SOURCE[0]}")/../templates"
+SLM_OS_RESERVE_MB=512      # kernel, nginx, sshd: kept free of the model and KV cache
+SLM_COMPUTE_RESERVE_MB=256 # engine compute buffers beside weights and KV cache
+
+# Every file configure and bootstrap generate: identical across reboots with the same context.
+SLM_GENERATED_FILES=(
+    /etc/slm-copilot/engine.env /etc/slm-copilot/nginx.conf /etc/slm-copilot/secret.conf
+    /etc/slm-copilot/protected.conf /etc/slm-copilot/proxy.conf /etc/slm-copilot/headers.conf
+    /etc/slm-copilot/auth.js /var/lib/slm-copilot/api_key
+    /var/lib/slm-copilot/tls/ca.crt /var/lib/slm-copilot/tls/ca.key
+    /var/lib/slm-copilot/tls/server.crt /var/lib/slm-copilot/tls/server.key
+    /var/lib/slm-copilot/tls/active.crt /var/lib/slm-copilot/tls/active.key
+    /etc/one-appliance/config /etc/motd
+)
+
+service_help() {
+    echo "${ONE_SERVICE_NAME} ${ONE_SERVICE_VERSION}"
+    echo "${ONE_SERVICE_DESCRIPTION}"
+    echo
+    echo "Parameters (OpenNebula context):"
+    local i
+    for ((i = 0; i < ${#ONE_SERVICE_PARAMS[@]}; i += 4)); do
+        printf '  %-26s %s\n' "${ONE_SERVICE_PARAMS[i]}" "${ONE_SERVICE_PARAMS[i + 2]}"
+    done
+}
+
+# --- install (image build time; no network: artifacts are staged in SLM_STAGE) -------------
+
+service_install() {
+    local stage="${SLM_STAGE:-/opt/slm-copilot-stage}"
+    msg info "Verifying staged artifacts in ${stage}"
+    (cd "$stage" && sha256sum --quiet --strict -c SHA256SUMS) \
+        || { msg error "Staged artifacts fail their SHA256SUMS in ${stage}"; return 1; }
+    if ! getent passwd "$SLM_USER" >/dev/null; then
+        useradd --system --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin "$SLM_USER"
+    fi
+    install -d -m 0755 "${SLM_APP_DIR}/engine" "${SLM_APP_DIR}/models"
+    install -m 0755 "$stage"/engine/* "${SLM_APP_DIR}/engine/"
+    install -m 0644 "$stage/model.gguf" "${SLM_APP_DIR}/models/model.gguf"
+    install -m 0644 "$stage/model.env" "${SLM_APP_DIR}/model.env"
+    install -m 0644 "${SLM_TEMPLATES}/slm-copilot-engine.service" /etc/systemd/system/
+    rm -f /etc/nginx/sites-enabled/default
+    systemctl daemon-reload
+    systemctl disable nginx slm-copilot-engine >/dev/null 2>&1 || true  # bootstrap starts them
+    "${SLM_APP_DIR}/engine/llama-server" --version
+    load_model_facts
+    msg info "Installed engine and model ${MODEL_ID}"
+}
+
+# --- configure (every boot): validate, render, swap in; a rejection changes nothing -------
+
+SLM_ERRORS=()
+
+reject() { # VARIABLE SHOWN-VALUE WHAT-IS-ALLOWED
+    SLM_ERRORS+=("$1=$2 is invalid: $3")
+}
+
+shown() { # a value as it can be printed: quoted, one line, bounded
+    local v="${1:0:64}"
+    [ "${#1}" -gt 64 ] && v+="...(${#1} chars)"
+    printf '%s' "${v@Q}" | tr '\n' ' '
+}
+
+check_int() { # VARIABLE MIN MAX MEANING
+    local value="${!1}"
+    if ! [[ "$value" =~ ^[0-9]{1,9}$ ]] || ((10#$value < $2 || 10#$value > $3)); then
+        reject "$1" "$(shown "$value")" "expected a whole number from $2 to $3 ($4)"
+        return 1
+    fi
+}
+
+# SLM_MEMTOTAL_MB stands in for /proc/meminfo in the rendering tests (they run on one host size).
+mem_total_mb() { echo "${SLM_MEMTOTAL_MB:-$(($(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024))}"; }
+
+physical_cores() {
+    local cores
+    cores=$(lscpu -p=CORE,SOCKET 2>/dev/null | grep -v '^#' | sort -u | wc -l)
+    if [ "${cores:-0}" -gt 0 ]; then echo "$cores"; else nproc; fi
+}
+
+# model.env is written by the artifacts stage (MODEL_ID, MODEL_BYTES, MODEL_CTX_TRAIN,
+# MODEL_KV_BYTES_PER_TOKEN, MODEL_SHA256): facts read from the GGUF header at build time.
+load_model_facts() {
+    # shellcheck source=/dev/null
+    . "${SLM_APP_DIR}/model.env"
+}
+
+validate() {
+    load_model_facts
+    local vcpus mem_mb kv_mb_per_1k free_mb
+    vcpus=$(nproc)
+    mem_mb=$(mem_total_mb)
+
+    if [ -n "$ONEAPP_SLM_API_KEY" ] && ! [[ "$ONEAPP_SLM_API_KEY" =~ ^[A-Za-z0-9._~+/=-]{16,256}$ ]]; then
+        reject ONEAPP_SLM_API_KEY "(hidden, ${#ONEAPP_SLM_API_KEY} chars)" \
+            "expected 16 to 256 characters from A-Z a-z 0-9 . _ ~ + / = -, or empty to generate one"
+    fi
+    check_int ONEAPP_SLM_THREADS 0 "$vcpus" "0 = physical cores; more than the ${vcpus} vCPUs oversubscribes"
+    check_int ONEAPP_SLM_PARALLEL 1 16 "concurrent requests"
+    check_int ONEAPP_SLM_RATE_LIMIT 1 100000 "requests per second per client"
+    if ! [[ "$ONEAPP_SLM_TEMPERATURE" =~ ^(0|1)(\.[0-9]{1,3})?$|^2(\.0{1,3})?$ ]]; then
+        reject ONEAPP_SLM_TEMPERATURE "$(shown "$ONEAPP_SLM_TEMPERATURE")" "expected a number from 0 to 2, e.g. 0.2"
+    fi
+    case "$ONEAPP_SLM_LOG_LEVEL" in error|warn|info|debug) ;;
+        *) reject ONEAPP_SLM_LOG_LEVEL "$(shown "$ONEAPP_SLM_LOG_LEVEL")" "expected error, warn, info or debug" ;;
+    esac
+    if [ -n "$ONEAPP_SLM_DOMAIN" ] && ! [[ "$ONEAPP_SLM_DOMAIN" =~ ^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$ ]]; then
+        reject ONEAPP_SLM_DOMAIN "$(shown "$ONEAPP_SLM_DOMAIN")" "expected a DNS name such as copilot.example.com"
+    fi
+    local origin
+    if [ "$ONEAPP_SLM_CORS_ORIGINS" != '*' ]; then
+        IFS=',' read -ra SLM_ORIGINS <<< "$ONEAPP_SLM_CORS_ORIGINS"
+        for origin in "${SLM_ORIGINS[@]}"; do
+            [[ "$origin" =~ ^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$ ]] && continue
+            reject ONEAPP_SLM_CORS_ORIGINS "$(shown "$origin")" "expected * or comma-separated origins like https://ide.example.com"
+        done
+    fi
+    case "$ONEAPP_SLM_TLS_MODE" in
+        selfsigned) ;;
+        custom) validate_custom_tls ;;
+        letsencrypt)
+            [ -n "$ONEAPP_SLM_DOMAIN" ] || reject ONEAPP_SLM_DOMAIN "''" "required when ONEAPP_SLM_TLS_MODE=letsencrypt"
+            [[ "$ONEAPP_SLM_ACME_EMAIL" =~ ^[^@[:space:]\'\"]+@[^@[:space:]\'\"]+$ ]] \
+                || reject ONEAPP_SLM_ACME_EMAIL "$(shown "$ONEAPP_SLM_ACME_EMAIL")" "expected an e-mail address (required for letsencrypt)"
+            [[ "$ONEAPP_SLM_ACME_SERVER" =~ ^https?://[^[:space:]\'\"\;]+$ ]] \
+                || reject ONEAPP_SLM_ACME_SERVER "$(shown "$ONEAPP_SLM_ACME_SERVER")" "expected an ACME directory URL" ;;
+        *) reject ONEAPP_SLM_TLS_MODE "$(shown "$ONEAPP_SLM_TLS_MODE")" "expected selfsigned, custom or letsencrypt" ;;
+    esac
+
+    # Context size: what the model was trained for, and what RAM holds beside the weights.
+    kv_mb_per_1k=$(((MODEL_KV_BYTES_PER_TOKEN * 1024 + 1048575) / 1048576))
+    free_mb=$((mem_mb - MODEL_BYTES / 1048576 - SLM_OS_RESERVE_MB - SLM_COMPUTE_RESERVE_MB))
+    SLM_CTX_FITS=$(( free_mb > 0 ? free_mb * 1024 / kv_mb_per_1k : 0 ))
+    SLM_CTX_FITS=$(( SLM_CTX_FITS - SLM_CTX_FITS % 1024 ))
+    if [ -z "$ONEAPP_SLM_CONTEXT_SIZE" ]; then
+        SLM_CTX=$(( SLM_CTX_FITS < MODEL_CTX_TRAIN ? SLM_CTX_FITS : MODEL_CTX_TRAIN ))
+        if [ "$SLM_CTX" -lt 1024 ]; then
+            reject ONEAPP_SLM_CONTEXT_SIZE "''" "no context fits: ${mem_mb} MiB RAM minus model $((MODEL_BYTES / 1048576)) MiB and reserves leaves ${free_mb} MiB; give the VM more memory"
+        fi
+    elif check_int ONEAPP_SLM_CONTEXT_SIZE 512 "$MODEL_CTX_TRAIN" "the model ${MODEL_ID} was trained for ${MODEL_CTX_TRAIN} tokens"; then
+        SLM_CTX=$((10#$ONEAPP_SLM_CONTEXT_SIZE))
+        if [ "$SLM_CTX" -gt "$SLM_CTX_FITS" ]; then
+            reject ONEAPP_SLM_CONTEXT_SIZE "$SLM_CTX" "needs $((SLM_CTX * kv_mb_per_1k / 1024)) MiB of KV cache but ${mem_mb} MiB RAM leaves ${free_mb} MiB after the model and reserves: at most ${SLM_CTX_FITS} tokens fit"
+        fi
+    fi
+    [ "${#SLM_ERRORS[@]}" -eq 0 ]
+}
+
+validate_custom_tls() {
+    local cert key
+    cert=$(printf '%s' "$ONEAPP_SLM_TLS_CERT" | base64 -d 2>/dev/null) || cert=""
+    key=$(printf '%s' "$ONEAPP_SLM_TLS_KEY" | base64 -d 2>/dev/null) || key=""
+    if ! openssl x509 -noout <<< "$cert" 2>/dev/null; then
+        reject ONEAPP_SLM_TLS_CERT "(${#ONEAPP_SLM_TLS_CERT} chars)" "expected a base64-encoded PEM certificate"
+    elif ! openssl pkey -noout <<< "$key" 2>/dev/null; then
+        reject ONEAPP_SLM_TLS_KEY "(hidden)" "expected a base64-encoded PEM private key"
+    elif [ "$(openssl x509 -noout -pubkey <<< "$cert")" != "$(openssl pkey -pubout <<< "$key")" ]; then
+        reject ONEAPP_SLM_TLS_KEY "(hidden)" "the key does not match ONEAPP_SLM_TLS_CERT"
+    fi
+}
+
+# The names and addresses clients may use: one certificate for all of them.
+subject_alt_names() {
+    {
+        echo "DNS:localhost"; echo "IP:127.0.0.1"; echo "DNS:$(hostname)"
+        local ip
+        for ip in $(hostname -I 2>/dev/null); do echo "IP:${ip}"; done
+        [ -n "$ONEAPP_SLM_DOMAIN" ] && echo "DNS:${ONEAPP_SLM_DOMAIN}"
+    } | sort -u | paste -sd, -
+}
+
+# A private CA signs the server certificate: clients trust the CA once, and a new address
+# (a new SAN set) only re-issues the server certificate.
+ensure_self_signed() {
+    local dir=$1 sans
+    sans=$(subject_alt_names)
+    if [ ! -s "$dir/ca.key" ] || [ ! -s "$dir/ca.crt" ]; then
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+            -subj "/CN=SLM-Copilot appliance CA" -keyout "$dir/ca.key" -out "$dir/ca.crt" \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+        rm -f "$dir/server.crt"
+    fi
+    if [ "$(cat "$dir/server.sans" 2>/dev/null)" != "$sans" ] || [ ! -s "$dir/server.crt" ]; then
+        msg info "Issuing the server certificate for ${sans}"
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=slm-copilot" \
+            -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+        openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+            -days 825 -out "$dir/server.crt" -extfile <(printf '%s\n' \
+            "subjectAltName=${sans}" "extendedKeyUsage=serverAuth" "basicConstraints=critical,CA:FALSE" \
+            "keyUsage=critical,digitalSignature") 2>/dev/null
+        echo "$sans" > "$dir/server.sans"
+        rm -f "$dir/server.csr" "$dir/ca.srl"
+    fi
+    chmod 0600 "$dir"/*.key
+    cat "$dir/server.crt" "$dir/ca.crt" | write_file "$dir/active.crt" 0644
+    write_file "$dir/active.key" 0600 < "$dir/server.key"
+}
+
+render_tls() {
+    local dir=$1 le="/etc/letsencrypt/live/${ONEAPP_SLM_DOMAIN}"
+    ensure_self_signed "$dir"
+    case "$ONEAPP_SLM_TLS_MODE" in
+        custom)
+            printf '%s' "$ONEAPP_SLM_TLS_CERT" | base64 -d | write_file "$dir/active.crt" 0644
+            printf '%s' "$ONEAPP_SLM_TLS_KEY" | base64 -d | write_file "$dir/active.key" 0600 ;;
+        letsencrypt)
+            if [ -s "${SLM_ROOT}${le}/fullchain.pem" ]; then
+                write_file "$dir/active.crt" 0644 < "${SLM_ROOT}${le}/fullchain.pem"
+                write_file "$dir/active.key" 0600 < "${SLM_ROOT}${le}/privkey.pem"
+            fi ;;  # until issuance succeeds (bootstrap) the self-signed pair serves
+    esac
+}
+
+render_nginx() {
+    local dest=$1 origin
+    SLM_CORS_MAP=""
+    if [ "$ONEAPP_SLM_CORS_ORIGINS" = '*' ]; then
+        SLM_CORS_MAP='    "~." "*";'
+    else
+        for origin in "${SLM_ORIGINS[@]}"; do
+            SLM_CORS_MAP+="    \"${origin}\" \"${origin}\";"$'\n'
+        done
+        SLM_CORS_MAP=${SLM_CORS_MAP%$'\n'}
+    fi
+    local suffix=""
+    [ "$SLM_HTTPS_PORT" = 443 ] || suffix=":${SLM_HTTPS_PORT}"
+    local level=$ONEAPP_SLM_LOG_LEVEL
+    [ "$level" = info ] && level=notice
+    SLM_HTTPS_PORT_SUFFIX=$suffix SLM_NGINX_LOG_LEVEL=$level SLM_RATE_BURST=$((ONEAPP_SLM_RATE_LIMIT * 2)) \
+    SLM_CONF_DIR=$SLM_CONF_DIR SLM_TLS_DIR=$SLM_TLS_DIR SLM_LOG_DIR=$SLM_LOG_DIR \
+    SLM_ACME_WEBROOT=$SLM_ACME_WEBROOT SLM_CORS_MAP=$SLM_CORS_MAP SLM_RATE_LIMIT=$ONEAPP_SLM_RATE_LIMIT \
+    SLM_ENGINE_PORT=$SLM_ENGINE_PORT SLM_HTTP_PORT=$SLM_HTTP_PORT SLM_HTTPS_PORT=$SLM_HTTPS_PORT \
+    SLM_BODY_LIMIT=$SLM_BODY_LIMIT bash -c '
+        vars='"'"'${SLM_CONF_DIR} ${SLM_TLS_DIR} ${SLM_LOG_DIR} ${SLM_ACME_WEBROOT} ${SLM_CORS_MAP}
+              ${SLM_RATE_LIMIT} ${SLM_RATE_BURST} ${SLM_ENGINE_PORT} ${SLM_HTTP_PORT} ${SLM_HTTPS_PORT}
+              ${SLM_HTTPS_PORT_SUFFIX} ${SLM_NGINX_LOG_LEVEL} ${SLM_BODY_LIMIT}'"'"'
+        for f in nginx.conf protected.conf proxy.conf headers.conf; do
+            envsubst "$vars" < "$0/$f" > "$1/$f"
+        done' "$SLM_TEMPLATES" "$dest"
+    cp "${SLM_TEMPLATES}/auth.js" "$dest/auth.js"
+    # shellcheck disable=SC2016  # $slm_api_key is an nginx variable
+    printf 'set $slm_api_key "%s";\n' "$SLM_API_KEY" > "$dest/secret.conf"
+}
+
+render_engine() {
+    local dest=$1 threads=$((10#$ONEAPP_SLM_THREADS)) verbosity
+    [ "$threads" -eq 0 ] && threads=$(physical_cores)
+    case "$ONEAPP_SLM_LOG_LEVEL" in error) verbosity=1 ;; warn) verbosity=2 ;; info) verbosity=3 ;; *) verbosity=4 ;; esac
+    printf 'SLM_ENGINE_ARGS="%s"\n' "--host 127.0.0.1 --port ${SLM_ENGINE_PORT} \
+--model ${SLM_APP_DIR}/models/model.gguf --alias ${MODEL_ID} --ctx-size ${SLM_CTX} \
+--threads ${threads} --parallel $((10#$ONEAPP_SLM_PARALLEL)) --temp ${ONEAPP_SLM_TEMPERATURE} \
+--jinja --metrics --no-slots --no-webui --log-verbosity ${verbosity}" > "$dest/engine.env"
+}
+
+# Applies what `stage` holds: swap it in, test nginx, and swap back if nginx refuses it.
+commit_config() {
+    local stage=$1 previous="${SLM_CONF_DIR}.last-good"
+    rm -rf "$previous"
+    [ -d "$SLM_CONF_DIR" ] && mv "$SLM_CONF_DIR" "$previous"
+    mv "$stage" "$SLM_CONF_DIR"
+    if [ -z "$SLM_ROOT" ] && ! nginx -t -q 2>&1; then
+        rm -rf "$SLM_CONF_DIR"
+        [ -d "$previous" ] && mv "$previous" "$SLM_CONF_DIR"
+        SLM_ERRORS+=("nginx rejected the rendered configuration (see above); the previous one is kept")
+        return 1
+    fi
+    # Byte-identical output must not look changed: keep the old files when nothing differs.
+    if [ -d "$previous" ] && diff -r -q "$previous" "$SLM_CONF_DIR" >/dev/null; then
+        rm -rf "$SLM_CONF_DIR"
+        mv "$previous" "$SLM_CONF_DIR"
+    fi
+    rm -rf "$previous"
+}
+
+report_failure() {
+    local e
+    for e in "${SLM_ERRORS[@]}"; do msg error "$e"; done
+    {
+        echo "[SLM-Copilot]"
+        echo "status = configuration rejected; $( [ -s "${SLM_CONF_DIR}/engine.env" ] && echo 'the last good configuration keeps serving' || echo 'nothing is served until the context is fixed')"
+        for e in "${SLM_ERRORS[@]}"; do echo "error = ${e}"; done
+    } | write_file "${SLM_REPORT}.rejected" 0600
+}
+
+service_configure() {
+    SLM_ERRORS=()
+    if ! validate; then
+        report_failure
+        return 1
+    fi
+    rm -f "${SLM_REPORT}.rejected"
+    install -d -m 0755 "$SLM_LOG_DIR" "$SLM_ACME_WEBROOT" "$(dirname "$SLM_REPORT")"
+    install -d -m 0700 "$SLM_STATE_DIR" "$SLM_TLS_DIR"
+
+    if [ -n "$ONEAPP_SLM_API_KEY" ]; then
+        printf '%s' "$ONEAPP_SLM_API_KEY" | write_file "${SLM_STATE_DIR}/api_key" 0600
+    elif ! [[ "$(cat "${SLM_STATE_DIR}/api_key" 2>/dev/null)" =~ ^sk-[A-Za-z0-9]{48}$ ]]; then
+        printf 'sk-%s' "$(gen_password 48)" | write_file "${SLM_STATE_DIR}/api_key" 0600
+        msg info "Generated an API key (see ${SLM_REPORT})"
+    fi
+    SLM_API_KEY=$(cat "${SLM_STATE_DIR}/api_key")
+
+    render_tls "$SLM_TLS_DIR"
+    local stage
+    stage=$(mktemp -d "${SLM_CONF_DIR}.new.XXXXXX")
+    chmod 0755 "$stage"
+    render_nginx "$stage"
+    render_engine "$stage"
+    chmod 0600 "$stage/secret.conf"
+    chmod 0644 "$stage"/{nginx.conf,protected.conf,proxy.conf,headers.conf,auth.js,engine.env}
+    if ! commit_config "$stage"; then
+        report_failure
+        return 1
+    fi
+    if [ -z "$SLM_ROOT" ]; then
+        install -d -m 0755 "$(dirname "$SLM_NGINX_SITE")"
+        ln -sfn "${SLM_CONF_DIR}/nginx.conf" "$SLM_NGINX_SITE"
+    fi
+    msg info "Configured: context ${SLM_CTX} tokens, TLS ${ONEAPP_SLM_TLS_MODE}, model ${MODEL_ID}"
+}
+
+# --- bootstrap (every boot, after configure) -------------------------------------------------
+
+wait_engine() {
+    local deadline=$((SECONDS + ${SLM_ENGINE_LOAD_TIMEOUT:-900}))
+    until curl -fsS -o /dev/null "http://127.0.0.1:${SLM_ENGINE_PORT}/health"; do
+        if ! systemctl is-active -q slm-copilot-engine && ! systemctl is-activating -q slm-copilot-engine; then
+            msg error "The engine stopped while loading the model: journalctl -u slm-copilot-engine"
+            return 1
+        fi
+        [ "$SECONDS" -lt "$deadline" ] || { msg error "The engine did not load the model in time"; return 1; }
+        sleep 2
+    done
+}
+
+try_letsencrypt() {
+    command -v certbot >/dev/null || { SLM_TLS_NOTE="certbot is not installed: serving the self-signed certificate"; return 1; }
+    if certbot certonly --non-interactive --agree-tos --keep-until-expiring --webroot -w "$SLM_ACME_WEBROOT" \
+        -d "$ONEAPP_SLM_DOMAIN" -m "$ONEAPP_SLM_ACME_EMAIL" --server "$ONEAPP_SLM_ACME_SERVER"; then
+        render_tls "$SLM_TLS_DIR" && systemctl reload nginx
+        SLM_TLS_NOTE="Let's Encrypt certificate for ${ONEAPP_SLM_DOMAIN}"
+    else
+        SLM_TLS_NOTE="Let's Encrypt issuance failed: serving the self-signed certificate (see bootstrap.log)"
+        return 1
+    fi
+}
+
+write_report() {
+    local host="${ONEAPP_SLM_DOMAIN:-$(hostname -I 2>/dev/null | awk '{print $1}')}" ca_fp key suffix=""
+    [ "$SLM_HTTPS_PORT" = 443 ] || suffix=":${SLM_HTTPS_PORT}"
+    local url="https://${host:-127.0.0.1}${suffix}/v1"
+    key=$(cat "${SLM_STATE_DIR}/api_key")
+    ca_fp=$(openssl x509 -in "${SLM_TLS_DIR}/ca.crt" -noout -fingerprint -sha256 | cut -d= -f2)
+    write_file "$SLM_REPORT" 0600 <<EOR
+[SLM-Copilot]
+version = ${ONE_SERVICE_VERSION}
+endpoint = ${url}
+api_key = ${key}
+model = ${MODEL_ID}
+context_size = ${SLM_CTX}
+tls_mode = ${ONEAPP_SLM_TLS_MODE}
+tls_note = ${SLM_TLS_NOTE:-}
+ca_certificate = ${SLM_TLS_DIR}/ca.crt
+ca_sha256_fingerprint = ${ca_fp}
+
+[openai-sdk]
+python = OpenAI(base_url="${url}", api_key="${key}", http_client=httpx.Client(verify="ca.crt"))
+
+[cline]
+api_provider = OpenAI Compatible
+base_url = ${url}
+api_key = ${key}
+model_id = ${MODEL_ID}
+trust_ca = NODE_EXTRA_CA_CERTS=/path/to/ca.crt (copy ${SLM_TLS_DIR}/ca.crt)
+
+[continue]
+config_yaml = models: [{name: SLM-Copilot, provider: openai, model: ${MODEL_ID}, apiBase: "${url}", apiKey: "${key}"}]
+
+[aider]
+command = OPENAI_API_BASE=${url} OPENAI_API_KEY=${key} SSL_CERT_FILE=ca.crt aider --model openai/${MODEL_ID}
+
+[curl]
+command = curl --cacert ca.crt -u any:${key} ${url}/models
+EOR
+}
+
+service_bootstrap() {
+    load_model_facts
+    SLM_CTX=$(sed -n 's/.*--ctx-size \([0-9]*\).*/\1/p' "${SLM_CONF_DIR}/engine.env")
+    systemctl restart slm-copilot-engine
+    wait_engine
+    systemctl enable -q slm-copilot-engine nginx
+    systemctl restart nginx
+    SLM_TLS_NOTE=""
+    [ "$ONEAPP_SLM_TLS_MODE" = letsencrypt ] && { try_letsencrypt || msg warning "$SLM_TLS_NOTE"; }
+    write_report
+    write_file "$SLM_MOTD" 0644 <<EOM
+SLM-Copilot ${ONE_SERVICE_VERSION}: all set and ready to serve ${MODEL_ID}
+Endpoint, API key and client settings: ${SLM_REPORT} (root only)
+EOM
+    msg info "Ready: $(sed -n 's/^endpoint = //p' "$SLM_REPORT")"
+}
+
+service_cleanup() {
+    rm -rf "${SLM_CONF_DIR}".new.* "${SLM_CONF_DIR}.last-good"
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The one-apps service entry: `service install | configure | bootstrap | help | cleanup`.
+# Records <stage>_started|_success|_failure in the status file and logs each stage to its own file.
+set -o errexit -o nounset -o pipefail
+umask 0077
+
+SERVICE_DIR=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
+# shellcheck source=lib/common.sh
+. "${SERVICE_DIR}/lib/common.sh"
+# shellcheck source=service.d/appliance.sh
+. "${SERVICE_DIR}/service.d/appliance.sh"
+
+ONE_SERVICE_STATUS="${SLM_ROOT}/etc/one-appliance/status"
+ONE_SERVICE_LOGDIR="${SLM_ROOT}/var/log/one-appliance"
+
+run_stage() {
+    local stage=$1 rc=0
+    mkdir -p "$(dirname "$ONE_SERVICE_STATUS")" "$ONE_SERVICE_LOGDIR"
+    if [ "$stage" = configure ] && grep -q '^bootstrap_' "$ONE_SERVICE_STATUS" 2>/dev/null \
+        && ! is_true "${ONE_SERVICE_RECONFIGURABLE:-false}"; then
+        msg error "Appliance is not reconfigurable and was already bootstrapped"
+        return 1
+    fi
+    echo "${stage}_started" > "$ONE_SERVICE_STATUS"
+    # The stage runs in a subshell so `set -e` inside it cannot skip the status bookkeeping.
+    ( "service_${stage}" ) > >(tee -a "${ONE_SERVICE_LOGDIR}/${stage}.log") 2>&1 || rc=$?
+    if [ "$rc" -eq 0 ]; then
+        echo "${stage}_success" > "$ONE_SERVICE_STATUS"
+    else
+        echo "${stage}_failure" > "$ONE_SERVICE_STATUS"
+    fi
+    return "$rc"
+}
+
+case "${1:-help}" in
+    install|configure|bootstrap|cleanup) run_stage "$1" ;;
+    help) service_help ;;
+    *) msg error "Unknown stage '${1}': use install, configure, bootstrap, help or cleanup"; exit 2 ;;
+esac

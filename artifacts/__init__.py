@@ -1,0 +1,1 @@
+"""Pinned, verified, cached inputs of the appliance: the llama-server build and the model."""

@@ -1,0 +1,188 @@
+"""The appliance's contract as check functions: each raises AssertionError naming what broke.
+
+Checks take an Endpoint, so the same code runs against the local stack, a VM and a deployed URL;
+the negative-control tests run the same functions against deliberately broken appliances.
+"""
+
+from __future__ import annotations
+
+import base64
+import statistics
+import time
+
+import httpx
+import jsonschema
+
+from .endpoint import Endpoint, stream_chat  # noqa: F401 (Endpoint re-exported)
+
+CHUNK_SCHEMA = {  # OpenAI chat.completion.chunk, the fields clients rely on
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices"],
+    "properties": {
+        "id": {"type": "string", "minLength": 1},
+        "object": {"const": "chat.completion.chunk"},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {"type": "array", "items": {
+            "type": "object",
+            "required": ["index", "delta"],
+            "properties": {
+                "index": {"type": "integer"},
+                "delta": {"type": "object", "properties": {
+                    "role": {"enum": ["assistant"]},
+                    "content": {"type": ["string", "null"]},
+                }},
+                "finish_reason": {"enum": [None, "stop", "length", "tool_calls"]},
+            },
+        }},
+        "usage": {"type": ["object", "null"], "required": ["prompt_tokens", "completion_tokens"]},
+    },
+}
+
+PROMPT = [{"role": "user", "content": "Write a Python function that returns the sum of a list, then explain it."}]
+ENGINE_INTERNAL_PATHS = ["/slots", "/props", "/tokenize", "/detokenize", "/completion", "/completions",
+                         "/embeddings", "/v1/embeddings", "/apply-template", "/lora-adapters", "/infill",
+                         "/rerank", "/v1/rerank", "/", "/index.html", "/v1/health", "/health/"]
+PROTECTED = [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
+             ("GET", "/metrics")]
+
+
+def sse_protocol(ep: Endpoint, max_tokens: int = 16) -> dict:
+    """Exact protocol: event-stream, role first, one id, finish_reason last, usage, [DONE]."""
+    s = stream_chat(ep, PROMPT, max_tokens=max_tokens)
+    assert s.status == 200, f"stream: HTTP {s.status}: {s.body[:300]}"
+    assert s.headers.get("content-type", "").startswith("text/event-stream"), s.headers.get("content-type")
+    assert s.events and s.events[-1][1] == "[DONE]", "stream does not end with data: [DONE]"
+    chunks = s.chunks
+    for chunk in chunks:
+        jsonschema.validate(chunk, CHUNK_SCHEMA)
+    assert chunks[0]["choices"][0]["delta"].get("role") == "assistant", f"first delta: {chunks[0]}"
+    assert len({c["id"] for c in chunks}) == 1, "chunks carry more than one id"
+    with_choices = [c for c in chunks if c["choices"]]
+    finishes = [c["choices"][0].get("finish_reason") for c in with_choices]
+    assert all(f is None for f in finishes[:-1]), f"finish_reason before the end: {finishes}"
+    assert finishes[-1] in ("stop", "length"), f"last finish_reason {finishes[-1]!r}"
+    usage = chunks[-1].get("usage")
+    assert usage and usage["completion_tokens"] >= 1, f"no usage in the last chunk: {chunks[-1]}"
+    return {"chunks": len(chunks), "completion_tokens": usage["completion_tokens"]}
+
+
+def sse_incremental(ep: Endpoint, max_tokens: int = 48) -> dict:
+    """Events arrive spread over the generation, as the engine produces them, not in bursts.
+
+    Arrivals closer than a quarter of the engine's own per-token time are one burst; a stream
+    delivered token by token has about one burst per token, a buffered one a handful in all.
+    """
+    s = stream_chat(ep, PROMPT, max_tokens=max_tokens, temperature=0, cache_prompt=False)
+    assert s.status == 200, f"stream: HTTP {s.status}: {s.body[:300]}"
+    times = s.content_times
+    assert len(times) >= 8, f"only {len(times)} content events: too few to judge delivery"
+    timings = s.chunks[-1].get("timings") or {}
+    per_token = timings.get("predicted_per_token_ms", 0) / 1000 or (times[-1] - times[0]) / len(times)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    bursts = 1 + sum(g > per_token / 4 for g in gaps)
+    figures = {"content_events": len(times), "bursts": bursts, "engine_ms_per_token": round(per_token * 1000, 1),
+               "median_gap_ms": round(statistics.median(gaps) * 1000, 1),
+               "first_event_s": round(times[0] - s.started, 3), "last_event_s": round(times[-1] - s.started, 3)}
+    assert bursts >= len(times) / 2, f"events arrived in {bursts} bursts for {len(times)} tokens: buffered? {figures}"
+    return figures
+
+
+def auth(ep: Endpoint) -> dict:
+    """401 without or with a wrong key; Bearer and Basic (any user) accepted; /health public."""
+    basic = base64.b64encode(f"any-user:{ep.api_key}".encode()).decode()
+    wrong_basic = base64.b64encode(b"any-user:sk-wrong").decode()
+    with ep.client(auth=False) as anon:
+        for method, path in PROTECTED:
+            r = anon.request(method, path, json={} if method == "POST" else None)
+            assert r.status_code == 401, f"{method} {path} without credentials: {r.status_code}"
+        r = anon.get("/v1/models")
+        assert "Bearer" in r.headers.get("www-authenticate", ""), f"no WWW-Authenticate: {dict(r.headers)}"
+        assert r.json()["error"]["type"] == "authentication_error", r.text
+        for header in (f"Bearer {ep.api_key}x", "Bearer sk-wrong", f"Basic {wrong_basic}", ep.api_key, "Bearer"):
+            r = anon.get("/v1/models", headers={"Authorization": header})
+            assert r.status_code == 401, f"wrong credentials accepted ({header[:7]}...): {r.status_code}"
+        assert anon.get("/health").status_code == 200, "/health must be public"
+        r = anon.get("/v1/models", headers={"Authorization": f"Bearer {ep.api_key}"})
+        assert r.status_code == 200, f"Bearer key refused: {r.status_code}"
+        models = [m["id"] for m in r.json()["data"]]
+        r = anon.get("/v1/models", headers={"Authorization": f"Basic {basic}"})
+        assert r.status_code == 200, f"Basic with the key as password refused: {r.status_code}"
+        assert anon.get("/metrics", headers={"Authorization": f"Bearer {ep.api_key}"}).status_code == 200
+    return {"models": models}
+
+
+def allow_list(ep: Endpoint) -> dict:
+    """Only the API paths are reachable: the engine's own endpoints are 404 even with the key."""
+    with ep.client() as client:
+        for path in ENGINE_INTERNAL_PATHS:
+            for method in ("GET", "POST"):
+                r = client.request(method, path, json={} if method == "POST" else None)
+                assert r.status_code == 404, f"{method} {path} with a valid key: {r.status_code}, expected 404"
+    with ep.client(auth=False) as anon:
+        for path in ENGINE_INTERNAL_PATHS:
+            assert anon.get(path).status_code in (401, 404), f"GET {path} without credentials"
+    return {"paths": len(ENGINE_INTERNAL_PATHS)}
+
+
+def cors_preflight(ep: Endpoint, origin: str = "https://ide.example.com") -> dict:
+    """A browser's preflight carries no credentials and must still be answered."""
+    headers = {"Origin": origin, "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": "authorization,content-type"}
+    with ep.client(auth=False) as anon:
+        r = anon.options("/v1/chat/completions", headers=headers)
+    assert r.status_code in (200, 204), f"preflight: HTTP {r.status_code}"
+    allowed = r.headers.get("access-control-allow-origin")
+    assert allowed in ("*", origin), f"preflight: Access-Control-Allow-Origin={allowed!r}"
+    assert "authorization" in r.headers.get("access-control-allow-headers", "").lower()
+    return {"allow_origin": allowed}
+
+
+def rate_limit(ep: Endpoint, requests: int = 60) -> dict:
+    """A client that floods gets 429 with a JSON body; the endpoint recovers afterwards."""
+    codes = []
+    with ep.client() as client:
+        for _ in range(requests):
+            r = client.get("/v1/models")
+            codes.append(r.status_code)
+            if r.status_code == 429:
+                assert r.json()["error"]["type"] == "rate_limit_error", r.text
+    limited = codes.count(429)
+    assert limited > 0, f"{requests} back-to-back requests and no 429"
+    assert set(codes) <= {200, 429}, f"unexpected statuses {sorted(set(codes))}"
+    time.sleep(4)  # let the leaky bucket drain for the checks that follow
+    return {"sent": requests, "limited": limited}
+
+
+def http_redirect(http_base: str) -> dict:
+    r = httpx.get(f"{http_base}/v1/models", follow_redirects=False, timeout=10)
+    assert r.status_code == 301 and r.headers["location"].startswith("https://"), f"port 80: {r.status_code}"
+    r = httpx.get(f"{http_base}/.well-known/acme-challenge/probe", follow_redirects=False, timeout=10)
+    assert r.status_code == 404, f"ACME challenge path must not redirect: {r.status_code}"
+    return {}
+
+
+def engine_unavailable(ep: Endpoint) -> dict:
+    """While the engine is down or loading: 503 with Retry-After and a JSON error, not 502."""
+    with ep.client() as client:
+        r = client.get("/v1/models")
+    assert r.status_code == 503, f"engine down: HTTP {r.status_code}"
+    assert r.headers.get("retry-after"), "503 without Retry-After"
+    assert r.json()["error"]["code"] == 503
+    return {}
+
+
+def openai_sdk(ep: Endpoint) -> dict:
+    """The official SDK streams through TLS trusting the appliance CA, with `tools` in the request."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{ep.base_url}/v1", api_key=ep.api_key,
+                           http_client=httpx.Client(verify=str(ep.ca_file) if ep.ca_file else True))
+    tools = [{"type": "function", "function": {
+        "name": "read_file", "description": "Read a file of the workspace",
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}]
+    stream = client.chat.completions.create(model=ep.model or "default", messages=PROMPT, max_tokens=8,
+                                            stream=True, tools=tools)
+    pieces = [c.choices[0].delta for c in stream if c.choices]
+    assert pieces, "the SDK stream yielded nothing"
+    return {"deltas": len(pieces)}

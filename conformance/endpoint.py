@@ -1,0 +1,75 @@
+"""An appliance endpoint as a client sees it, and the HTTP helpers every check uses."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+TIMEOUT = httpx.Timeout(connect=10, read=600, write=30, pool=10)
+
+
+@dataclass
+class Endpoint:
+    base_url: str  # https://host:port, no trailing /v1
+    api_key: str
+    ca_file: Path | None  # trust this CA; never verify=False
+    model: str = ""
+
+    def client(self, auth: bool = True, **kwargs) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if auth else {}
+        headers.update(kwargs.pop("headers", {}))
+        verify = str(self.ca_file) if self.ca_file else True
+        return httpx.Client(base_url=self.base_url, headers=headers, verify=verify, timeout=TIMEOUT, **kwargs)
+
+
+@dataclass
+class SSEStream:
+    status: int
+    headers: httpx.Headers
+    started: float
+    events: list[tuple[float, str]] = field(default_factory=list)  # (arrival time, data)
+    body: str = ""
+
+    @property
+    def chunks(self) -> list[dict]:
+        return [json.loads(data) for _, data in self.events if data != "[DONE]"]
+
+    @property
+    def content_times(self) -> list[float]:
+        out = []
+        for t, data in self.events:
+            if data != "[DONE]":
+                choices = json.loads(data).get("choices") or [{}]
+                if choices[0].get("delta", {}).get("content"):
+                    out.append(t)
+        return out
+
+
+def stream_chat(endpoint: Endpoint, messages: list[dict], max_tokens: int = 32, **extra) -> SSEStream:
+    body = {"model": endpoint.model or "default", "messages": messages, "max_tokens": max_tokens,
+            "stream": True, "stream_options": {"include_usage": True}, "seed": 42, **extra}
+    with endpoint.client() as client:
+        started = time.monotonic()
+        with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+            result = SSEStream(resp.status_code, resp.headers, started)
+            if resp.status_code != 200:
+                result.body = resp.read().decode(errors="replace")
+                return result
+            # iter_lines yields as bytes arrive, so arrival times are the client's real view.
+            for line in resp.iter_lines():
+                if line.startswith("data:"):
+                    result.events.append((time.monotonic(), line[5:].strip()))
+    return result
+
+
+def chat(endpoint: Endpoint, messages: list[dict], max_tokens: int = 16, **extra) -> dict:
+    body = {"model": endpoint.model or "default", "messages": messages, "max_tokens": max_tokens,
+            "seed": 42, "temperature": 0, **extra}
+    with endpoint.client() as client:
+        resp = client.post("/v1/chat/completions", json=body)
+    resp.raise_for_status()
+    return resp.json()

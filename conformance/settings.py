@@ -1,0 +1,62 @@
+"""One settings object: defaults, then a TOML config file, then SLM_CONFORMANCE_* environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SECRET_FIELDS = {"api_key"}
+PROFILES = ("ci", "release")
+TARGETS = ("local", "vm", "url")
+
+
+@dataclass
+class Settings:
+    target: str = "local"  # local: rendered config on loopback; vm: boot an image; url: deployed appliance
+    profile: str = "ci"  # ci: what .ci/run gates on; release: everything, no skips allowed
+    artifacts: str = "build/artifacts"
+    image: str = "dist/slm-copilot.qcow2"
+    cpu_models: list[str] = field(default_factory=lambda: ["maximum", "qemu64"])
+    url: str = ""  # url target: https://host[:port]
+    api_key: str = ""
+    ca_file: str = ""
+    ssh: str = ""  # url target, optional: user@host[:port] for host checks
+    destructive: bool = False  # url target: allow checks that restart or reconfigure
+    reports_dir: str = "reports"
+
+    @classmethod
+    def load(cls, config_file: str | None = None, **overrides) -> Settings:
+        values: dict = {}
+        path = config_file or os.environ.get("SLM_CONFORMANCE_CONFIG")
+        if path:
+            values.update(tomllib.loads(Path(path).read_text()).get("conformance", {}))
+        for f in dataclasses.fields(cls):
+            env = os.environ.get(f"SLM_CONFORMANCE_{f.name.upper()}")
+            if env is not None:
+                values[f.name] = _parse(f, env)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown conformance settings {sorted(unknown)}")
+        settings = cls(**values)
+        if settings.target not in TARGETS:
+            raise ValueError(f"target={settings.target!r}: expected one of {TARGETS}")
+        if settings.profile not in PROFILES:
+            raise ValueError(f"profile={settings.profile!r}: expected one of {PROFILES}")
+        if settings.target == "url" and not (settings.url and settings.api_key):
+            raise ValueError("target=url needs url and api_key (SLM_CONFORMANCE_URL, SLM_CONFORMANCE_API_KEY)")
+        return settings
+
+    def redacted(self) -> dict:
+        return {k: ("***" if k in SECRET_FIELDS and v else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _parse(f: dataclasses.Field, raw: str):
+    if f.type in ("bool", bool):
+        return raw.lower() in ("1", "true", "yes", "on")
+    if str(f.type).startswith("list"):
+        return [x.strip() for x in raw.split(",") if x.strip()]
+    return raw

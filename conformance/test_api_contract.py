@@ -1,0 +1,31 @@
+"""The HTTP contract through TLS, against whichever target the run points at."""
+
+from . import checks
+
+
+def test_sse_protocol(endpoint, record):
+    record(checks.sse_protocol(endpoint))
+
+
+def test_sse_incremental_delivery(endpoint, record):
+    record(checks.sse_incremental(endpoint))
+
+
+def test_auth_bearer_and_basic(endpoint, record):
+    record(checks.auth(endpoint))
+
+
+def test_allow_list(endpoint, record):
+    record(checks.allow_list(endpoint))
+
+
+def test_cors_preflight(endpoint, record):
+    record(checks.cors_preflight(endpoint))
+
+
+def test_openai_sdk_streams_with_tools(endpoint, record):
+    record(checks.openai_sdk(endpoint))
+
+
+def test_rate_limit_answers_429(endpoint, record):
+    record(checks.rate_limit(endpoint))

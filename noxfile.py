@@ -1,0 +1,46 @@
+"""Developer and release sessions. They share the one virtualenv that ./dev prepares (.venv)."""
+
+import glob
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["lint", "tests"]
+
+SHELL_FILES = ["dev", ".ci/run", *glob.glob("appliance/**/*.sh", recursive=True),
+               *glob.glob("packer/**/*.sh", recursive=True)]
+
+
+@nox.session
+def lint(session):
+    session.run("ruff", "check", ".")
+    session.run("shellcheck", *SHELL_FILES, external=True)
+
+
+@nox.session
+def artifacts(session):
+    session.run("python", "-m", "artifacts", *session.posargs)
+
+
+@nox.session
+def tests(session):
+    session.run("python", "-m", "artifacts")
+    session.run("python", "-m", "pytest", "tests", *session.posargs)
+
+
+@nox.session
+def build(session):
+    session.run("python", "-m", "artifacts")
+    session.run("python", "packer/build.py", *session.posargs)
+
+
+@nox.session
+def conformance(session):
+    session.run("python", "-m", "artifacts")
+    session.run("python", "-m", "pytest", "conformance", *session.posargs)
+
+
+@nox.session
+def benchmark(session):
+    session.run("python", "-m", "artifacts")
+    session.run("python", "-m", "pytest", "benchmarks", *session.posargs)

@@ -1,0 +1,209 @@
+"""appliance/ configure stage: rendering, validation, rejection that keeps the last good config."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conformance.stack import LocalStack
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def snapshot(stack: LocalStack) -> dict[str, str]:
+    out = {}
+    for base in ("etc", "var/lib/slm-copilot"):
+        for p in sorted((stack.root / base).rglob("*")):
+            if p.is_file() and "nginx-local" not in str(p) and p.name != "status":
+                out[str(p.relative_to(stack.root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def engine_args(stack: LocalStack) -> dict[str, str]:
+    args = stack.engine_args()[1:]
+    return {a: (args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else "")
+            for i, a in enumerate(args) if a.startswith("--")}
+
+
+@pytest.fixture
+def stack(artifacts, tmp_path):
+    return LocalStack(artifacts, root=tmp_path / "root")
+
+
+def test_defaults_render_and_nginx_accepts(stack):
+    stack.configure()
+    assert stack.nginx_test().returncode == 0, stack.nginx_test().stderr
+    args = engine_args(stack)
+    assert args["--host"] == "127.0.0.1"
+    assert "--jinja" in args and "--metrics" in args and "--no-slots" in args and "--slot-save-path" not in args
+    assert int(args["--ctx-size"]) == 8192  # the model's trained context fits this host's RAM
+    assert re.fullmatch(r"sk-[A-Za-z0-9]{48}", stack.api_key)
+    for secret in ("/var/lib/slm-copilot/api_key", "/etc/slm-copilot/secret.conf",
+                   "/var/lib/slm-copilot/tls/ca.key", "/var/lib/slm-copilot/tls/active.key"):
+        assert stack.path(secret).stat().st_mode & 0o077 == 0, f"{secret} readable by others"
+    assert (stack.root / "etc/one-appliance/status").read_text().strip() == "configure_success"
+
+
+def test_configure_twice_is_byte_identical(stack):
+    stack.configure()
+    first = snapshot(stack)
+    stack.configure()
+    assert snapshot(stack) == first
+    assert not list(stack.root.glob("etc/slm-copilot.*")), "staging folders left behind"
+
+
+def test_rejected_configuration_keeps_the_last_good_one(stack):
+    stack.configure()
+    good = snapshot(stack)
+    stack.context = {"ONEAPP_SLM_THREADS": "lots", "ONEAPP_SLM_API_KEY": "sk-a-new-key-that-is-fine"}
+    result = stack.configure(check=False)
+    assert result.returncode != 0
+    assert "ONEAPP_SLM_THREADS='lots' is invalid" in result.stderr + result.stdout
+    assert (stack.root / "etc/one-appliance/status").read_text().strip() == "configure_failure"
+    rejected = (stack.root / "etc/one-appliance/config.rejected").read_text()
+    assert "the last good configuration keeps serving" in rejected and "ONEAPP_SLM_THREADS" in rejected
+    assert "ONEAPP_SLM_THREADS" in (stack.root / "var/log/one-appliance/configure.log").read_text()
+    after = {k: v for k, v in snapshot(stack).items() if "config.rejected" not in k}
+    assert after == good, "a rejected configuration changed rendered files"
+
+
+def test_first_boot_with_bad_context_renders_nothing(stack):
+    stack.context = {"ONEAPP_SLM_TLS_MODE": "bogus"}
+    assert stack.configure(check=False).returncode != 0
+    assert not stack.path("/etc/slm-copilot/engine.env").exists()
+    assert "nothing is served" in (stack.root / "etc/one-appliance/config.rejected").read_text()
+
+
+def test_context_size_limits_name_the_numbers(stack):
+    stack.context = {"ONEAPP_SLM_CONTEXT_SIZE": "9000"}
+    out = stack.configure(check=False)
+    assert "ONEAPP_SLM_CONTEXT_SIZE='9000' is invalid" in out.stderr and "8192" in out.stderr
+    stack.context = {"ONEAPP_SLM_CONTEXT_SIZE": "8192", "SLM_MEMTOTAL_MB": "1000"}
+    out = stack.configure(check=False)
+    assert out.returncode != 0 and "1000 MiB RAM" in out.stderr and "at most" in out.stderr, out.stderr
+    stack.context = {"SLM_MEMTOTAL_MB": "1000"}  # default: the largest that fits
+    stack.configure()
+    assert int(engine_args(stack)["--ctx-size"]) == 4096
+
+
+def test_api_key_kept_and_context_key_wins(stack):
+    stack.configure()
+    generated = stack.api_key
+    stack.configure()
+    assert stack.api_key == generated
+    stack.context = {"ONEAPP_SLM_API_KEY": "sk-operator-chosen-key-0123"}
+    stack.configure()
+    assert stack.api_key == "sk-operator-chosen-key-0123"
+    assert "sk-operator-chosen-key-0123" in stack.path("/etc/slm-copilot/secret.conf").read_text()
+
+
+def test_certificate_kept_until_the_names_change(stack):
+    stack.configure()
+    ca, crt = (stack.path(f"/var/lib/slm-copilot/tls/{n}").read_bytes() for n in ("ca.crt", "server.crt"))
+    stack.configure()
+    assert stack.path("/var/lib/slm-copilot/tls/server.crt").read_bytes() == crt
+    stack.context = {"ONEAPP_SLM_DOMAIN": "copilot.example.com"}
+    stack.configure()
+    assert stack.path("/var/lib/slm-copilot/tls/server.crt").read_bytes() != crt
+    assert stack.path("/var/lib/slm-copilot/tls/ca.crt").read_bytes() == ca, "the CA must survive a re-issue"
+    text = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in",
+                           stack.path("/var/lib/slm-copilot/tls/server.crt")], capture_output=True, text=True).stdout
+    assert "DNS:copilot.example.com" in text and "IP Address:127.0.0.1" in text and "DNS:localhost" in text
+
+
+def _pair(tmp: Path, name: str) -> tuple[str, str]:
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-subj", "/CN=custom", "-days", "2", "-keyout", tmp / f"{name}.key", "-out", tmp / f"{name}.crt"],
+                   check=True, capture_output=True)
+    return tuple(base64.b64encode((tmp / f"{name}.{e}").read_bytes()).decode() for e in ("crt", "key"))
+
+
+def test_custom_tls_key_must_match(stack, tmp_path):
+    cert, key = _pair(tmp_path, "a")
+    _, other_key = _pair(tmp_path, "b")
+    stack.context = {"ONEAPP_SLM_TLS_MODE": "custom", "ONEAPP_SLM_TLS_CERT": cert, "ONEAPP_SLM_TLS_KEY": other_key}
+    out = stack.configure(check=False)
+    assert out.returncode != 0 and "ONEAPP_SLM_TLS_KEY" in out.stderr and "does not match" in out.stderr
+    stack.context["ONEAPP_SLM_TLS_KEY"] = key
+    stack.configure()
+    assert stack.path("/var/lib/slm-copilot/tls/active.crt").read_bytes() == (tmp_path / "a.crt").read_bytes()
+    assert stack.nginx_test().returncode == 0
+
+
+def test_engine_unit_sandbox_exposure_at_most_3():
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=30",
+                          REPO / "appliance/templates/slm-copilot-engine.service"], capture_output=True, text=True)
+    score = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout).group(1))
+    assert out.returncode == 0 and score <= 3.0, out.stdout[-500:]
+
+
+# --- the parameter space ----------------------------------------------------------------------
+
+VALID = {
+    "ONEAPP_SLM_THREADS": st.sampled_from(["0", "1", "2"]),
+    "ONEAPP_SLM_PARALLEL": st.integers(1, 16).map(str),
+    "ONEAPP_SLM_TEMPERATURE": st.sampled_from(["0", "0.15", "1", "1.5", "2", "2.0", "0.7"]),
+    "ONEAPP_SLM_CONTEXT_SIZE": st.one_of(st.just(""), st.integers(512, 8192).map(str)),
+    "ONEAPP_SLM_RATE_LIMIT": st.integers(1, 100000).map(str),
+    "ONEAPP_SLM_LOG_LEVEL": st.sampled_from(["error", "warn", "info", "debug"]),
+    "ONEAPP_SLM_CORS_ORIGINS": st.sampled_from(["*", "https://a.example.com", "http://localhost:3000,https://b.io"]),
+    "ONEAPP_SLM_DOMAIN": st.sampled_from(["", "copilot.example.com", "x1.y-2.org"]),
+    "ONEAPP_SLM_API_KEY": st.one_of(st.just(""), st.from_regex(r"[A-Za-z0-9._~+/=-]{16,64}", fullmatch=True)),
+}
+HOSTILE = ["$(touch {m})", "`touch {m}`", "; touch {m}", "x\ntouch {m}", "'; touch {m}; '", '"$(touch {m})"',
+           "${{IFS}}touch${{IFS}}{m}", "|touch {m}", "a" * 5000]
+INVALID = {
+    "ONEAPP_SLM_THREADS": ["-1", "99", "1.5", "two", ""],
+    "ONEAPP_SLM_PARALLEL": ["0", "17", "x"],
+    "ONEAPP_SLM_TEMPERATURE": ["-0.1", "2.5", "hot", "1e3"],
+    "ONEAPP_SLM_CONTEXT_SIZE": ["100", "9000", "8k"],
+    "ONEAPP_SLM_RATE_LIMIT": ["0", "fast"],
+    "ONEAPP_SLM_LOG_LEVEL": ["verbose"],
+    "ONEAPP_SLM_TLS_MODE": ["acme"],
+    "ONEAPP_SLM_CORS_ORIGINS": ["ftp://x", "https://a.com/path"],
+    "ONEAPP_SLM_DOMAIN": ["-bad.example", "a..b"],
+    "ONEAPP_SLM_API_KEY": ["short", 'sk-has"quote-0123456789', "sk-has space-0123456789", "sk-dollar$var-0123456"],
+}
+SLOW = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@SLOW
+@given(st.fixed_dictionaries({}, optional=VALID))
+def test_every_valid_combination_renders_a_config_nginx_accepts(artifacts, tmp_path_factory, context):
+    stack = LocalStack(artifacts, root=tmp_path_factory.mktemp("valid"), context=context)
+    stack.configure()
+    test = stack.nginx_test()
+    assert test.returncode == 0, test.stderr
+    args = engine_args(stack)
+    assert int(args["--ctx-size"]) >= 512 and int(args["--threads"]) >= 1
+    assert args["--parallel"] == str(int(context.get("ONEAPP_SLM_PARALLEL", "2")))
+    assert shlex.split(stack.path("/etc/slm-copilot/engine.env").read_text().partition("=")[2])
+
+
+@pytest.mark.parametrize("variable,value", [(k, v) for k, vs in INVALID.items() for v in vs])
+def test_every_invalid_value_is_rejected_by_name(stack, variable, value):
+    stack.context = {variable: value}
+    if variable == "ONEAPP_SLM_THREADS" and value == "":
+        stack.context = {variable: " "}
+    out = stack.configure(check=False)
+    assert out.returncode != 0 and f"{variable}=" in out.stderr, out.stderr[-400:]
+    if variable == "ONEAPP_SLM_API_KEY":
+        assert value not in out.stderr, "the rejected key was echoed to the log"
+
+
+@pytest.mark.parametrize("variable", sorted(INVALID))
+@pytest.mark.parametrize("template", HOSTILE)
+def test_shell_metacharacters_are_never_executed(stack, tmp_path, variable, template):
+    marker = tmp_path / "executed"
+    stack.context = {variable: template.format(m=marker)}
+    out = stack.configure(check=False)
+    assert not marker.exists(), f"{variable} value was executed"
+    assert out.returncode != 0 and variable in out.stderr, f"{variable}={template!r} was accepted"
