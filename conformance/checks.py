@@ -177,7 +177,7 @@ def openai_sdk(ep: Endpoint) -> dict:
     import openai
 
     client = openai.OpenAI(base_url=f"{ep.base_url}/v1", api_key=ep.api_key,
-                           http_client=httpx.Client(verify=str(ep.ca_file) if ep.ca_file else True))
+                           http_client=httpx.Client(verify=ep.tls_context()))
     tools = [{"type": "function", "function": {
         "name": "read_file", "description": "Read a file of the workspace",
         "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}]

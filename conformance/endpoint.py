@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,11 @@ class Endpoint:
     def client(self, auth: bool = True, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if auth else {}
         headers.update(kwargs.pop("headers", {}))
-        verify = str(self.ca_file) if self.ca_file else True
-        return httpx.Client(base_url=self.base_url, headers=headers, verify=verify, timeout=TIMEOUT, **kwargs)
+        return httpx.Client(base_url=self.base_url, headers=headers, verify=self.tls_context(), timeout=TIMEOUT,
+                            **kwargs)
+
+    def tls_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
 
 
 @dataclass

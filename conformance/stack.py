@@ -64,10 +64,11 @@ class LocalStack:
         return env
 
     def configure(self, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([SERVICE, "configure"], env=self.env(), capture_output=True, text=True,
-                                timeout=120)
+        # The stage's log (stdout and stderr, as tee'd to configure.log) comes back as stdout.
+        result = subprocess.run([SERVICE, "configure"], env=self.env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, timeout=120)
         if check and result.returncode != 0:
-            raise StackError(f"configure failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+            raise StackError(f"configure failed ({result.returncode}):\n{result.stdout}")
         return result
 
     def path(self, absolute: str) -> Path:
