@@ -24,8 +24,10 @@ def artifacts(session):
 
 @nox.session
 def tests(session):
+    """Everything that must pass on every change: unit tests, then the local-stack conformance."""
     session.run("python", "-m", "artifacts")
     session.run("python", "-m", "pytest", "tests", *session.posargs)
+    session.run("python", "-m", "pytest", "conformance", "--target", "local", "--profile", "ci")
 
 
 @nox.session
@@ -36,8 +38,13 @@ def build(session):
 
 @nox.session
 def conformance(session):
+    """The release gate: against the image (built if missing) unless --target says otherwise."""
     session.run("python", "-m", "artifacts")
-    session.run("python", "-m", "pytest", "conformance", *session.posargs)
+    args = session.posargs
+    target = args[args.index("--target") + 1] if "--target" in args else None
+    if target in (None, "vm"):
+        session.run("python", "packer/build.py")
+    session.run("python", "-m", "pytest", "conformance", *args)
 
 
 @nox.session

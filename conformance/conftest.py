@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from artifacts.cache import heavy_job
+
 from .endpoint import Endpoint
 from .settings import Settings
 from .stack import LocalStack
@@ -52,6 +54,75 @@ def not_applicable(reason: str):
     pytest.skip(f"not applicable: {reason}")
 
 
+def pytest_generate_tests(metafunc):
+    """Every check runs once per CPU model on the vm target (the report's matrix)."""
+    if "cpu_model" in metafunc.fixturenames:
+        settings = metafunc.config.stash[SETTINGS]
+        models = settings.cpu_models if settings.target == "vm" else [settings.target]
+        metafunc.parametrize("cpu_model", models, scope="session")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ci profile runs the whole suite on the CPU model named by ci_full_model and only the
+    boot/stream/auth core on the others (TCG makes them slow); release runs everything everywhere."""
+    settings: Settings = config.stash[SETTINGS]
+    if settings.profile != "ci" or settings.target != "vm":
+        return
+    keep, drop = [], []
+    for item in items:
+        model = item.callspec.params.get("cpu_model") if hasattr(item, "callspec") else None
+        core = item.get_closest_marker("core") is not None
+        (keep if core or model in (None, settings.ci_full_model) else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture(autouse=True)
+def collect_logs_on_failure(request, settings):
+    yield
+    failed = any(getattr(getattr(request.node, f"report_{w}", None), "failed", False) for w in ("setup", "call"))
+    if failed and settings.target == "vm" and "vm" in request.fixturenames:
+        vm = request.getfixturevalue("vm")
+        vm.collect_logs(REPO / settings.reports_dir / "logs" / request.node.name.replace("/", "_"))
+
+
+@pytest.fixture(scope="session")
+def platform(settings):
+    if settings.target != "vm":
+        not_applicable(f"needs the vm target (this run: {settings.target})")
+    from vm_fixtures import LibvirtPlatform
+
+    with heavy_job("conformance VMs"):
+        libvirt_platform = LibvirtPlatform()
+        libvirt_platform.reap()
+        yield libvirt_platform
+
+
+@pytest.fixture(scope="session")
+def vm(settings, platform, cpu_model):
+    image = REPO / settings.image
+    if not image.exists():
+        pytest.fail(f"no image at {image}: run `nox -s build` (or set SLM_CONFORMANCE_IMAGE)")
+    model = ("host-passthrough" if platform.kvm else "maximum") if cpu_model == "host" else cpu_model
+    instance = platform.launch(image, model, context={})
+    try:
+        instance.ready = instance.wait_ready()
+        yield instance
+    except Exception:
+        instance.collect_logs(REPO / settings.reports_dir / "logs" / f"boot-{cpu_model}")
+        raise
+    finally:
+        instance.destroy()
+
+
 @pytest.fixture(scope="session")
 def local_stack(settings):
     if settings.target != "local":
@@ -62,14 +133,15 @@ def local_stack(settings):
 
 
 @pytest.fixture(scope="session")
-def endpoint(settings, request) -> Endpoint:
+def endpoint(settings, request, cpu_model) -> Endpoint:
+    if settings.target == "vm":
+        return Endpoint.of_vm(request.getfixturevalue("vm"))
     if settings.target == "local":
         stack = request.getfixturevalue("local_stack")
         return Endpoint(stack.base_url, stack.api_key, stack.ca_file, model="")
     if settings.target == "url":
         ca_file = Path(settings.ca_file) if settings.ca_file else None
         return Endpoint(settings.url.rstrip("/"), settings.api_key, ca_file)
-    not_applicable("the vm target is not implemented yet (vm_fixtures: issue #7)")
 
 
 @pytest.fixture

@@ -19,6 +19,15 @@ class Endpoint:
     api_key: str
     ca_file: Path | None  # trust this CA; never verify=False
     model: str = ""
+    emulated: bool = False  # a TCG guest decodes at 0.2-2 tok/s: checks ask for fewer tokens
+
+    @classmethod
+    def of_vm(cls, vm) -> Endpoint:
+        """The appliance in a vm_fixtures Instance, as a client reaches it: forwarded port, its CA."""
+        ca = vm.workdir / "ca.crt"
+        ca.write_text(vm.read_file("/var/lib/slm-copilot/tls/ca.crt"))
+        return cls(f"https://127.0.0.1:{vm.ports['https']}", vm.read_file("/var/lib/slm-copilot/api_key").strip(),
+                   ca, emulated=not vm.kvm)
 
     def client(self, auth: bool = True, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if auth else {}

@@ -15,11 +15,13 @@ TARGETS = ("local", "vm", "url")
 
 @dataclass
 class Settings:
-    target: str = "local"  # local: rendered config on loopback; vm: boot an image; url: deployed appliance
+    target: str = "vm"  # local: rendered config on loopback; vm: boot an image; url: deployed appliance
     profile: str = "ci"  # ci: what .ci/run gates on; release: everything, no skips allowed
     artifacts: str = "build/artifacts"
     image: str = "dist/slm-copilot.qcow2"
-    cpu_models: list[str] = field(default_factory=lambda: ["maximum", "qemu64"])
+    # host: host-passthrough with KVM, maximum under TCG; or any model QEMU knows (qemu64, Nehalem...)
+    cpu_models: list[str] = field(default_factory=lambda: ["qemu64", "host"])
+    ci_full_model: str = "qemu64"  # ci profile: the whole suite here, the core elsewhere
     url: str = ""  # url target: https://host[:port]
     api_key: str = ""
     ca_file: str = ""

@@ -1,8 +1,11 @@
 """The HTTP contract through TLS, against whichever target the run points at."""
 
+import pytest
+
 from . import checks
 
 
+@pytest.mark.core
 def test_sse_protocol(endpoint, record):
     record(checks.sse_protocol(endpoint))
 
@@ -11,6 +14,7 @@ def test_sse_incremental_delivery(endpoint, record):
     record(checks.sse_incremental(endpoint))
 
 
+@pytest.mark.core
 def test_auth_bearer_and_basic(endpoint, record):
     record(checks.auth(endpoint))
 

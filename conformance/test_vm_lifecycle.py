@@ -1,0 +1,135 @@
+"""What only a booted image can show: services, sandbox, reboots, reconfiguration, bad context.
+
+Order matters within a VM (one VM per CPU model): the bad-context check runs last.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import pytest
+import testinfra
+
+from . import checks
+from .endpoint import Endpoint
+
+GENERATED = ('bash -c \'. /etc/one-appliance/lib/common.sh; . /etc/one-appliance/service.d/appliance.sh; '
+             'printf "%s\\n" "${SLM_GENERATED_FILES[@]}"\'')
+
+
+def generated_hashes(vm) -> dict[str, str]:
+    files = vm.execute(GENERATED).stdout.split()
+    out = vm.execute("sha256sum " + " ".join(files)).stdout
+    return {line.split()[1]: line.split()[0] for line in out.splitlines()}
+
+
+def ca_fingerprint(vm) -> str:
+    return vm.execute("openssl x509 -noout -fingerprint -sha256 -in /var/lib/slm-copilot/tls/ca.crt").stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def guest(vm):
+    return testinfra.get_host(
+        f"ssh://root@127.0.0.1:{vm.ports['ssh']}", ssh_identity_file=str(vm.ssh_key), timeout=60,
+        ssh_extra_args="-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes")
+
+
+def test_boot_reaches_ready(vm, record):
+    record(vm.ready)
+
+
+def test_host_services_users_and_secrets(vm, guest, record):
+    for unit in ("slm-copilot-engine", "nginx", "ssh"):
+        assert guest.service(unit).is_running, f"{unit} not running"
+    for unit in ("slm-copilot-engine", "nginx", "slm-context"):
+        assert guest.service(unit).is_enabled, f"{unit} not enabled at boot"
+    engine = guest.process.get(comm="llama-server")
+    assert engine.user == "slm-copilot", f"engine runs as {engine.user}"
+    listeners = guest.check_output("ss -Htlnp")
+    engine_sockets = [line for line in listeners.splitlines() if "llama-server" in line]
+    assert engine_sockets and all("127.0.0.1:" in line for line in engine_sockets), engine_sockets
+    for path in ("/var/lib/slm-copilot/api_key", "/etc/one-appliance/config", "/etc/slm-copilot/secret.conf",
+                 "/var/lib/slm-copilot/tls/ca.key", "/var/lib/slm-copilot/tls/server.key",
+                 "/run/one-context/one_env"):
+        f = guest.file(path)
+        assert f.exists and f.user == "root" and f.mode & 0o077 == 0, f"{path}: mode {oct(f.mode)}"
+    key = guest.file("/var/lib/slm-copilot/api_key").content_string.strip()
+    leaks = guest.run(f"journalctl -b --no-pager | grep -c -F {key}; grep -r -l -F {key} /var/log | wc -l")
+    assert leaks.stdout.split() == ["0", "0"], f"API key found in journal/logs: {leaks.stdout}"
+    assert guest.file("/etc/one-appliance/status").content_string.strip() == "bootstrap_success"
+    assert "ready to serve" in guest.file("/etc/motd").content_string
+    assert guest.file("/run/one-context/ready").content_string.strip() == "READY=YES"
+    exposure = guest.check_output("systemd-analyze security slm-copilot-engine --no-pager | tail -1")
+    score = float(re.search(r"([0-9.]+) ", exposure.split(":")[-1]).group(1))
+    assert score <= 3.0, exposure
+    record({"engine_exposure": score})
+
+
+def test_engine_cpu_variant(vm, cpu_model, record):
+    maps = vm.execute("cat /proc/$(pidof llama-server)/maps").stdout
+    variants = sorted(set(re.findall(r"libggml-cpu-(\w+)\.so", maps)))
+    assert len(variants) == 1, variants
+    flags = vm.execute("grep -o -w -E 'avx512f|avx2|sse4_2' /proc/cpuinfo | sort -u | xargs").stdout.strip()
+    expected = "skylakex" if "avx512f" in flags else "haswell" if "avx2" in flags else \
+        "sse42" if "sse4_2" in flags else "x64"
+    assert variants == [expected], f"CPU flags '{flags}' loaded {variants}, expected {expected}"
+    record({"variant": variants[0], "cpu_flags": flags or "baseline"})
+
+
+def test_reboot_idempotency_and_power_cycle(vm, record):
+    before = generated_hashes(vm)
+    fingerprint, key = ca_fingerprint(vm), vm.read_file("/var/lib/slm-copilot/api_key")
+    timings = {}
+    for step in ("reboot-1", "reboot-2", "power-cycle"):
+        boot_id = vm.boot_id
+        timings[step] = (vm.power_cycle() if step == "power-cycle" else vm.restart())["ready_s"]
+        assert vm.boot_id != boot_id
+        after = generated_hashes(vm)
+        changed = sorted(f for f in before if after.get(f) != before[f])
+        assert not changed, f"after {step}: generated files changed: {changed}"
+        assert ca_fingerprint(vm) == fingerprint and vm.read_file("/var/lib/slm-copilot/api_key") == key
+        checks.auth(Endpoint.of_vm(vm))
+    record(timings)
+
+
+def test_reconfigure_new_key_and_context_size(vm, record):
+    old = Endpoint.of_vm(vm)
+    new_key = "sk-conformance-" + str(int(time.time()))
+    timings = vm.reconfigure({"ONEAPP_SLM_API_KEY": new_key, "ONEAPP_SLM_CONTEXT_SIZE": "2048"})
+    new = Endpoint.of_vm(vm)
+    assert new.api_key == new_key
+    with new.client() as client:
+        assert client.get("/v1/models").status_code == 200
+    with old.client() as client:
+        assert client.get("/v1/models").status_code == 401, "the old key still works after reconfiguration"
+    assert "--ctx-size 2048" in vm.read_file("/etc/slm-copilot/engine.env")
+    record(timings)
+
+
+def test_bad_context_keeps_last_good_configuration(vm, record):
+    good = Endpoint.of_vm(vm)
+    before = generated_hashes(vm)
+    vm.reconfigure({**vm.context, "ONEAPP_SLM_THREADS": "lots"}, expect_ready=False)
+    deadline = time.monotonic() + 900
+    while vm.read_file("/etc/one-appliance/status").strip() != "configure_failure":
+        assert time.monotonic() < deadline, "the bad context was not reported as configure_failure"
+        time.sleep(5)
+    rejected = vm.read_file("/etc/one-appliance/config.rejected")
+    assert "ONEAPP_SLM_THREADS='lots' is invalid" in rejected
+    assert "ONEAPP_SLM_THREADS" in vm.read_file("/var/log/one-appliance/configure.log")
+    deadline = time.monotonic() + 900
+    while True:  # the last good configuration comes back up and serves
+        try:
+            with good.client() as client:
+                if client.get("/v1/models").status_code == 200:
+                    break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the last good configuration is not serving"
+        time.sleep(5)
+    after = generated_hashes(vm)
+    assert {f: h for f, h in after.items() if "one-appliance/config" not in f} == \
+        {f: h for f, h in before.items() if "one-appliance/config" not in f}
+    record({"status": "configure_failure", "serving": True})

@@ -1,0 +1,1 @@
+"""Image build helpers (the Packer template itself is the *.pkr.hcl files here)."""
