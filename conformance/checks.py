@@ -7,6 +7,7 @@ the negative-control tests run the same functions against deliberately broken ap
 from __future__ import annotations
 
 import base64
+import re
 import statistics
 import time
 
@@ -161,7 +162,9 @@ def rate_limit(ep: Endpoint, requests: int = 60) -> dict:
     return {"sent": requests, "limited": limited}
 
 
-def http_redirect(http_base: str) -> dict:
+def http_redirect(ep: Endpoint) -> dict:
+    """Port 80 sends clients to https, except the ACME HTTP-01 challenge path."""
+    http_base = ep.http_url
     r = httpx.get(f"{http_base}/v1/models", follow_redirects=False, timeout=10)
     assert r.status_code == 301 and r.headers["location"].startswith("https://"), f"port 80: {r.status_code}"
     r = httpx.get(f"{http_base}/.well-known/acme-challenge/probe", follow_redirects=False, timeout=10)
@@ -189,8 +192,18 @@ def openai_sdk(ep: Endpoint) -> dict:
         "name": "read_file", "description": "Read a file of the workspace",
         "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}]
     prompt, max_tokens = budget(ep, 8, 3)
-    stream = client.chat.completions.create(model=ep.model or "default", messages=prompt, max_tokens=max_tokens,
-                                            stream=True, tools=tools)
-    pieces = [c.choices[0].delta for c in stream if c.choices]
+    try:
+        stream = client.chat.completions.create(model=ep.model or "default", messages=prompt,
+                                                max_tokens=max_tokens, stream=True, tools=tools)
+        pieces = [c.choices[0].delta for c in stream if c.choices]
+    except openai.APIConnectionError as err:
+        raise AssertionError(f"the SDK could not connect: {err.__cause__!r}") from err
     assert pieces, "the SDK stream yielded nothing"
     return {"deltas": len(pieces)}
+
+
+def exposure_score(systemd_analyze_output: str) -> float:
+    """The overall exposure that `systemd-analyze security UNIT` prints on its last line."""
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", systemd_analyze_output)
+    assert match, f"no exposure level in: {systemd_analyze_output[-300:]!r}"
+    return float(match.group(1))

@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from artifacts.cache import heavy_job
@@ -66,10 +67,14 @@ def pytest_collection_modifyitems(config, items):
     """The ci profile runs the whole suite on the CPU model named by ci_full_model and only the
     boot/stream/auth core on the others (TCG makes them slow); release runs everything everywhere."""
     settings: Settings = config.stash[SETTINGS]
-    if settings.profile != "ci" or settings.target != "vm":
-        return
     keep, drop = [], []
     for item in items:
+        if settings.target != "local" and item.get_closest_marker("negative_control"):
+            drop.append(item)  # they break a local stack on purpose; the checks are the same code
+            continue
+        if settings.profile != "ci" or settings.target != "vm":
+            keep.append(item)
+            continue
         model = item.callspec.params.get("cpu_model") if hasattr(item, "callspec") else None
         core = item.get_closest_marker("core") is not None
         (keep if core or model in (None, settings.ci_full_model) else drop).append(item)
@@ -138,10 +143,34 @@ def endpoint(settings, request, cpu_model) -> Endpoint:
         return Endpoint.of_vm(request.getfixturevalue("vm"))
     if settings.target == "local":
         stack = request.getfixturevalue("local_stack")
-        return Endpoint(stack.base_url, stack.api_key, stack.ca_file, model="")
+        return Endpoint(stack.base_url, stack.api_key, stack.ca_file, http_url=f"http://127.0.0.1:{stack.ports['http']}")
     if settings.target == "url":
         ca_file = Path(settings.ca_file) if settings.ca_file else None
-        return Endpoint(settings.url.rstrip("/"), settings.api_key, ca_file)
+        host = httpx.URL(settings.url).host
+        return Endpoint(settings.url.rstrip("/"), settings.api_key, ca_file, http_url=f"http://{host}")
+
+
+class EngineControl:
+    """Stop and start the engine behind the front, whatever the target."""
+
+    def __init__(self, stop, start):
+        self.stop, self.start = stop, start
+
+
+@pytest.fixture
+def engine_control(settings, request, endpoint):
+    if settings.target == "local":
+        stack = request.getfixturevalue("local_stack")
+        return EngineControl(stack.stop_engine, stack.start_engine)
+    if settings.target == "vm":
+        vm = request.getfixturevalue("vm")
+
+        def start():
+            vm.execute("systemctl start slm-copilot-engine && until curl -fs http://127.0.0.1:8081/health; "
+                       "do sleep 2; done", timeout=600)
+
+        return EngineControl(lambda: vm.execute("systemctl stop slm-copilot-engine"), start)
+    not_applicable("stopping the engine needs the local or vm target")
 
 
 @pytest.fixture

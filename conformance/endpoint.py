@@ -20,6 +20,7 @@ class Endpoint:
     ca_file: Path | None  # trust this CA; never verify=False
     model: str = ""
     emulated: bool = False  # a TCG guest decodes at 0.2-2 tok/s: checks ask for fewer tokens
+    http_url: str = ""  # the plain-HTTP port (redirects and ACME), when the target exposes it
 
     @classmethod
     def of_vm(cls, vm) -> Endpoint:
@@ -27,7 +28,7 @@ class Endpoint:
         ca = vm.workdir / "ca.crt"
         ca.write_text(vm.read_file("/var/lib/slm-copilot/tls/ca.crt"))
         return cls(f"https://127.0.0.1:{vm.ports['https']}", vm.read_file("/var/lib/slm-copilot/api_key").strip(),
-                   ca, emulated=not vm.kvm)
+                   ca, emulated=not vm.kvm, http_url=f"http://127.0.0.1:{vm.ports['http']}")
 
     def client(self, auth: bool = True, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if auth else {}

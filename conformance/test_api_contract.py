@@ -33,3 +33,15 @@ def test_openai_sdk_streams_with_tools(endpoint, record):
 
 def test_rate_limit_answers_429(endpoint, record):
     record(checks.rate_limit(endpoint))
+
+
+def test_http_redirects_to_https(endpoint, record):
+    record(checks.http_redirect(endpoint))
+
+
+def test_503_with_retry_after_while_engine_down(engine_control, endpoint, record):
+    engine_control.stop()
+    try:
+        record(checks.engine_unavailable(endpoint))
+    finally:
+        engine_control.start()

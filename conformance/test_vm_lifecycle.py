@@ -61,9 +61,8 @@ def test_host_services_users_and_secrets(vm, guest, record):
     assert guest.file("/etc/one-appliance/status").content_string.strip() == "bootstrap_success"
     assert "ready to serve" in guest.file("/etc/motd").content_string
     assert guest.file("/run/one-context/ready").content_string.strip() == "READY=YES"
-    exposure = guest.check_output("systemd-analyze security slm-copilot-engine --no-pager | tail -1")
-    score = float(re.search(r"([0-9.]+) ", exposure.split(":")[-1]).group(1))
-    assert score <= 3.0, exposure
+    score = checks.exposure_score(guest.run("systemd-analyze security slm-copilot-engine --no-pager").stdout)
+    assert score <= 3.0, f"engine sandbox exposure {score} > 3.0"
     record({"engine_exposure": score})
 
 

@@ -1,0 +1,81 @@
+"""Negative controls: every check must fail against the defect it exists to catch.
+
+Each builds a local stack from the appliance's own rendered files, breaks one thing, and runs the
+same check function the suite runs against every target. Only the local target runs these."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from dataclasses import dataclass, field
+
+import pytest
+
+from . import checks
+from .endpoint import Endpoint
+from .stack import LocalStack
+
+
+@dataclass
+class Defect:
+    check: object
+    conf: str = ""  # rendered file under /etc/slm-copilot to break, replacing `good` by `broken`
+    good: str = ""
+    broken: str = ""
+    context: dict = field(default_factory=dict)
+    engine_down: bool = False
+
+
+def foreign_certificate(tmp) -> dict:
+    """A custom certificate that no CA the client trusts has signed."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-days", "2",
+                    "-keyout", tmp / "k.pem", "-out", tmp / "c.pem"], check=True, capture_output=True)
+    return {"ONEAPP_SLM_TLS_MODE": "custom",
+            "ONEAPP_SLM_TLS_CERT": base64.b64encode((tmp / "c.pem").read_bytes()).decode(),
+            "ONEAPP_SLM_TLS_KEY": base64.b64encode((tmp / "k.pem").read_bytes()).decode()}
+
+
+DEFECTS = {
+    # llama-server sends X-Accel-Buffering: no, which alone keeps nginx streaming: ignore it too.
+    "buffered_sse": Defect(checks.sse_incremental, "proxy.conf", "proxy_buffering off;",
+                           "proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;"),
+    "chat_routed_to_wrong_endpoint": Defect(checks.sse_protocol, "proxy.conf", "proxy_pass http://slm_engine;",
+                                            "proxy_pass http://slm_engine/v1/completions;"),
+    "no_auth": Defect(checks.auth, "protected.conf", "if ($slm_authorized != 1) {", "if ($slm_authorized = never) {"),
+    "preflight_needs_auth": Defect(checks.cors_preflight, "protected.conf", "if ($request_method = OPTIONS) {",
+                                   "if ($request_method = NEVER) {"),
+    "engine_paths_exposed": Defect(checks.allow_list, "nginx.conf", "return 404 '", "proxy_pass http://slm_engine; #'"),
+    "no_rate_limit": Defect(checks.rate_limit, "protected.conf", "limit_req zone", "#limit_req zone"),
+    "api_served_on_plain_http": Defect(checks.http_redirect, "nginx.conf", "return 301 https://$host",
+                                       "proxy_pass http://slm_engine; #"),
+    "bare_502_while_engine_down": Defect(checks.engine_unavailable, "nginx.conf",
+                                         "error_page 502 504 = @engine_unavailable;", "", engine_down=True),
+    "certificate_not_from_appliance_ca": Defect(checks.openai_sdk, context={"foreign_cert": "yes"}),
+}
+
+
+@pytest.mark.negative_control
+@pytest.mark.parametrize("name", sorted(DEFECTS))
+def test_negative_control(settings, local_stack, name, tmp_path, record):
+    defect = DEFECTS[name]
+    context = foreign_certificate(tmp_path) if defect.context.get("foreign_cert") else {}
+    stack = LocalStack(local_stack.artifacts, context=context)
+    stack.configure()
+    if defect.conf:
+        path = stack.path(f"/etc/slm-copilot/{defect.conf}")
+        text = path.read_text()
+        assert defect.good in text, f"{defect.conf} no longer contains {defect.good!r}: update this control"
+        path.write_text(text.replace(defect.good, defect.broken))
+    stack.start_engine()
+    stack.start_nginx()
+    if defect.engine_down:
+        stack.stop_engine()
+    try:
+        endpoint = Endpoint(stack.base_url, stack.api_key, stack.ca_file,
+                            http_url=f"http://127.0.0.1:{stack.ports['http']}")
+        with pytest.raises(AssertionError) as caught:
+            defect.check(endpoint)
+        record({"caught": str(caught.value).splitlines()[0][:120]})
+    finally:
+        stack.stop()
