@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import re
+import socket
+import ssl
 import statistics
 import time
 
@@ -207,3 +209,98 @@ def exposure_score(systemd_analyze_output: str) -> float:
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", systemd_analyze_output)
     assert match, f"no exposure level in: {systemd_analyze_output[-300:]!r}"
     return float(match.group(1))
+
+
+def tls_versions(ep: Endpoint) -> dict:
+    """TLS 1.0 and 1.1 refused, by a client that would accept them (SECLEVEL=0), 1.2 and 1.3 served."""
+    url = httpx.URL(ep.base_url)
+    accepted = {}
+    for name, version in (("TLSv1", ssl.TLSVersion.TLSv1), ("TLSv1.1", ssl.TLSVersion.TLSv1_1),
+                          ("TLSv1.2", ssl.TLSVersion.TLSv1_2), ("TLSv1.3", ssl.TLSVersion.TLSv1_3)):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the protocol version is under test here, not the chain
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        ctx.minimum_version = ctx.maximum_version = version
+        try:
+            with socket.create_connection((url.host, url.port or 443), timeout=10) as raw, \
+                    ctx.wrap_socket(raw, server_hostname=url.host) as tls:
+                accepted[name] = tls.version() == name
+        except (ssl.SSLError, ConnectionResetError):
+            accepted[name] = False
+    assert not accepted["TLSv1"] and not accepted["TLSv1.1"], f"legacy TLS accepted: {accepted}"
+    assert accepted["TLSv1.2"] and accepted["TLSv1.3"], f"modern TLS refused: {accepted}"
+    return {k: "accepted" if v else "refused" for k, v in accepted.items()}
+
+
+def long_prompt_rejected(ep: Endpoint) -> dict:
+    """A prompt longer than the context gets a clear 400 at once, not a hang or a silent cut."""
+    with ep.client() as client:
+        meta = client.get("/v1/models").json()["data"][0].get("meta") or {}
+        trained = meta.get("n_ctx_train", 32768)
+        words = " ".join(f"word{i}" for i in range(trained))  # >= 2 tokens a word: over any context
+
+        t0 = time.monotonic()
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": words}],
+                                                      "max_tokens": 4})
+    assert r.status_code == 400, f"overlong prompt: HTTP {r.status_code}: {r.text[:200]}"
+    message = r.json()["error"]["message"]
+    assert "context" in message.lower(), message
+    return {"seconds": round(time.monotonic() - t0, 2), "prompt_tokens": r.json()["error"].get("n_prompt_tokens"),
+            "n_ctx": r.json()["error"].get("n_ctx")}
+
+
+CODENAMES = ("Zebra", "Cobalt")  # an A/B pair: each run must recall its own value, not the other
+FILLER = "\n".join(f"def handler_{i}(request):\n    return route(request, 'v{i}')" for i in range(40))
+
+
+def _first_token_logprob(top: dict[str, float], value: str) -> float | None:
+    found = [lp for token, lp in top.items() if token.strip() and (" " + value).startswith(token)]
+    return max(found) if found else None
+
+
+def coherence(ep: Endpoint, min_margin: float = 1.0) -> dict:
+    """A fact planted in turn 1 is used in turn 3, scored by log-probability.
+
+    Turn 3 is prefilled with "The codename is"; the check reads the log-probability of each
+    codename's first token as the next token: with turn 1 in the history against without it, and
+    the planted value against the other one of the A/B pair. Turn 2 is the model's own answer to an
+    unrelated question and must not parrot the fact. Prompt-token accounting must cover turn 1."""
+    filler = "" if ep.emulated else f"Here is our router module:\n```python\n{FILLER}\n```\n"
+    figures: dict = {}
+    for value in CODENAMES:
+        other = next(v for v in CODENAMES if v != value)
+        turn1 = [{"role": "user", "content": f"{filler}Our project's codename is {value}. Please remember it."},
+                 {"role": "assistant", "content": f"Got it: the codename is {value}."}]
+        question = [{"role": "user", "content": "Name one primary colour."}]
+        with ep.client() as client:
+            r = client.post("/v1/chat/completions", json={"messages": turn1 + question, "max_tokens": 8,
+                                                          "temperature": 0, "seed": 42})
+            assert r.status_code == 200, f"turn 2: HTTP {r.status_code}: {r.text[:200]}"
+            turn2 = r.json()["choices"][0]["message"]["content"]
+            assert turn2.strip() and value.lower() not in turn2.lower(), f"turn 2 parrots the fact: {turn2!r}"
+            ask = [{"role": "user", "content": "What is our project's codename?"},
+                   {"role": "assistant", "content": "The codename is"}]
+            history = turn1 + question + [{"role": "assistant", "content": turn2}] + ask
+            scored = {}
+            for label, messages in (("with", history), ("without", history[2:])):
+                r = client.post("/v1/chat/completions", json={
+                    "messages": messages, "max_tokens": 1, "temperature": 0, "logprobs": True,
+                    "top_logprobs": 20, "cache_prompt": False})
+                assert r.status_code == 200, f"turn 3 ({label} turn 1): HTTP {r.status_code}: {r.text[:200]}"
+                body = r.json()
+                top = {t["token"]: t["logprob"] for t in body["choices"][0]["logprobs"]["content"][0]["top_logprobs"]}
+                scored[label] = (top, body["usage"]["prompt_tokens"])
+        (with_top, with_tokens), (without_top, without_tokens) = scored["with"], scored["without"]
+        assert with_tokens - without_tokens >= 10, \
+            f"turn 1 is not in the prompt the engine saw: {with_tokens} vs {without_tokens} tokens"
+        own = _first_token_logprob(with_top, value)
+        assert own is not None, f"{value} is not among the 20 likeliest next tokens with turn 1 in the history"
+        floor = min(without_top.values())  # absent from the top 20: at most the 20th logprob
+        without = _first_token_logprob(without_top, value) or floor
+        rival = _first_token_logprob(with_top, other) or min(with_top.values())
+        figures[value] = {"logprob": round(own, 2), "history_margin": round(own - without, 2),
+                          "ab_margin": round(own - rival, 2), "prompt_tokens": with_tokens}
+        assert own - without >= min_margin, f"{value}: turn 1 raises its logprob by only {own - without:.2f} nats"
+        assert own - rival >= min_margin, f"{value}: only {own - rival:.2f} nats above {other}"
+    return {f"{v}_{k}": x for v, d in figures.items() for k, x in d.items()}

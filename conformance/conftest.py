@@ -20,8 +20,7 @@ from artifacts.cache import heavy_job
 from .endpoint import Endpoint
 from .settings import Settings
 from .stack import LocalStack
-
-REPO = Path(__file__).resolve().parent.parent
+from .support import REPO, not_applicable
 
 
 def pytest_addoption(parser):
@@ -48,11 +47,6 @@ SETTINGS = pytest.StashKey[Settings]()
 @pytest.fixture(scope="session")
 def settings(request) -> Settings:
     return request.config.stash[SETTINGS]
-
-
-def not_applicable(reason: str):
-    """A check the target cannot run is reported as such (and fails the release profile)."""
-    pytest.skip(f"not applicable: {reason}")
 
 
 def pytest_generate_tests(metafunc):

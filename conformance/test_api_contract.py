@@ -45,3 +45,11 @@ def test_503_with_retry_after_while_engine_down(engine_control, endpoint, record
         record(checks.engine_unavailable(endpoint))
     finally:
         engine_control.start()
+
+
+def test_tls_legacy_versions_refused(endpoint, record):
+    record(checks.tls_versions(endpoint))
+
+
+def test_three_turn_coherence(endpoint, record):
+    record(checks.coherence(endpoint))

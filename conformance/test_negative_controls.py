@@ -52,6 +52,10 @@ DEFECTS = {
     "bare_502_while_engine_down": Defect(checks.engine_unavailable, "nginx.conf",
                                          "error_page 502 504 = @engine_unavailable;", "", engine_down=True),
     "certificate_not_from_appliance_ca": Defect(checks.openai_sdk, context={"foreign_cert": "yes"}),
+    # The history does not fit: the engine must refuse (400), and the check must notice.
+    "context_too_small": Defect(checks.coherence, context={"ONEAPP_SLM_CONTEXT_SIZE": "512"}),
+    "legacy_tls_allowed": Defect(checks.tls_versions, "nginx.conf", "ssl_protocols TLSv1.2 TLSv1.3;",
+                                 "ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3; ssl_ciphers DEFAULT:@SECLEVEL=0;"),
 }
 
 
@@ -59,7 +63,7 @@ DEFECTS = {
 @pytest.mark.parametrize("name", sorted(DEFECTS))
 def test_negative_control(settings, local_stack, name, tmp_path, record):
     defect = DEFECTS[name]
-    context = foreign_certificate(tmp_path) if defect.context.get("foreign_cert") else {}
+    context = foreign_certificate(tmp_path) if defect.context.get("foreign_cert") else dict(defect.context)
     stack = LocalStack(local_stack.artifacts, context=context)
     stack.configure()
     if defect.conf:

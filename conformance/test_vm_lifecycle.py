@@ -6,6 +6,7 @@ Order matters within a VM (one VM per CPU model): the bad-context check runs las
 from __future__ import annotations
 
 import re
+import threading
 import time
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 import testinfra
 
 from . import checks
-from .endpoint import Endpoint
+from .endpoint import Endpoint, stream_chat
 
 GENERATED = ('bash -c \'. /etc/one-appliance/lib/common.sh; . /etc/one-appliance/service.d/appliance.sh; '
              'printf "%s\\n" "${SLM_GENERATED_FILES[@]}"\'')
@@ -36,6 +37,7 @@ def guest(vm):
         ssh_extra_args="-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes")
 
 
+@pytest.mark.core
 def test_boot_reaches_ready(vm, record):
     record(vm.ready)
 
@@ -66,6 +68,7 @@ def test_host_services_users_and_secrets(vm, guest, record):
     record({"engine_exposure": score})
 
 
+@pytest.mark.core
 def test_engine_cpu_variant(vm, cpu_model, record):
     maps = vm.execute("cat /proc/$(pidof llama-server)/maps").stdout
     variants = sorted(set(re.findall(r"libggml-cpu-(\w+)\.so", maps)))
@@ -75,6 +78,57 @@ def test_engine_cpu_variant(vm, cpu_model, record):
         "sse42" if "sse4_2" in flags else "x64"
     assert variants == [expected], f"CPU flags '{flags}' loaded {variants}, expected {expected}"
     record({"variant": variants[0], "cpu_flags": flags or "baseline"})
+
+
+def test_engine_unreachable_from_the_network(vm, record):
+    """The guest's own address at the engine port (forwarded by slirp) must not answer HTTP."""
+    try:
+        r = httpx.get(f"http://127.0.0.1:{vm.ports['engine']}/health", timeout=10)
+        answered = f"HTTP {r.status_code}"
+    except httpx.HTTPError as err:
+        answered = ""
+        record({"engine_port_from_network": type(err).__name__})
+    assert not answered, f"the engine answered from the network: {answered}"
+
+
+def test_engine_killed_restarts_and_stream_ends_visibly(vm, record):
+    ep = Endpoint.of_vm(vm)
+    result: dict = {}
+
+    def stream():
+        try:
+            result["stream"] = stream_chat(ep, checks.SHORT_PROMPT, max_tokens=200, ignore_eos=True)
+        except httpx.HTTPError as err:
+            result["error"] = repr(err)
+
+    worker = threading.Thread(target=stream)
+    worker.start()
+    time.sleep(15)  # the stream is under way (TCG: a token every ~0.5 s)
+    vm.execute("pkill -9 -x llama-server")
+    killed = time.monotonic()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the in-flight stream hung after the engine died"
+    s = result.get("stream")
+    assert "error" in result or (s and (not s.events or s.events[-1][1] != "[DONE]")), \
+        "the stream looked complete although the engine was killed mid-way"
+    deadline = time.monotonic() + 600
+    while True:
+        with ep.client() as client:
+            try:
+                if client.get("/v1/models").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+        assert time.monotonic() < deadline, "the engine did not come back after kill -9"
+        time.sleep(1)
+    recovered = round(time.monotonic() - killed, 1)
+    vm.execute("pkill -9 -x nginx")
+    killed = time.monotonic()
+    while vm.health() != 200:
+        assert time.monotonic() - killed < 120, "nginx did not come back after kill -9"
+        time.sleep(1)
+    record({"engine_recovery_s": recovered, "nginx_recovery_s": round(time.monotonic() - killed, 1),
+            "in_flight": result.get("error", "stream ended without [DONE]")[:60]})
 
 
 def test_reboot_idempotency_and_power_cycle(vm, record):

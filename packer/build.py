@@ -81,7 +81,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stage", type=Path, default=REPO / "build" / "artifacts")
     parser.add_argument("--dist", type=Path, default=REPO / "dist")
+    parser.add_argument("--production", action="store_true",
+                        help="Ubuntu 24.04 + KVM + Devstral + one-context (production.pkrvars.hcl): needs a "
+                             "KVM build host with network access and the real sha256 of the production model")
     args = parser.parse_args()
+    if args.production:
+        from artifacts import model
+
+        model.production_pin_ready(cache.load_pins())  # refuses the placeholder before anything runs
+        raise SystemExit("build: the production build runs on a KVM build host with network access: "
+                         "packer init packer/modern && packer build -var-file=packer/production.pkrvars.hcl ...")
     artifacts = json.loads((args.stage / "manifest.json").read_text())
     model_id = artifacts["model"]["model_id"]
     t0 = time.monotonic()

@@ -249,9 +249,10 @@ class LibvirtPlatform:
         key = workdir / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
         iso = build_iso(with_ssh_key(context, key), workdir / "context.iso")
-        ports = {"ssh": free_port(), "https": free_port(), "http": free_port()}
-        forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{ports[k]}-:{guest}"
-                            for k, guest in (("ssh", 22), ("https", 443), ("http", 80)))
+        # "engine" reaches the guest's own address at the engine port: it must be refused there.
+        guest_ports = {"ssh": 22, "https": 443, "http": 80, "engine": 8081}
+        ports = {k: free_port() for k in guest_ports}
+        forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{ports[k]}-:{guest}" for k, guest in guest_ports.items())
         xml = DOMAIN_XML.format(domain_type="kvm" if self.kvm else "qemu", name=name, memory=memory_mib,
                                 vcpus=vcpus, cpu=cpu_xml(cpu_model), overlay=overlay, iso=iso,
                                 serial=workdir / "serial.log", forwards=forwards)

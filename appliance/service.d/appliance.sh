@@ -107,6 +107,9 @@ service_install() {
     install -m 0644 "$stage/model.gguf" "${SLM_APP_DIR}/models/model.gguf"
     install -m 0644 "$stage/model.env" "${SLM_APP_DIR}/model.env"
     install -m 0644 "${SLM_TEMPLATES}/slm-copilot-engine.service" /etc/systemd/system/
+    # Debian's nginx unit does not restart a crashed nginx: the front must come back by itself.
+    install -d -m 0755 /etc/systemd/system/nginx.service.d
+    printf '[Service]\nRestart=on-failure\nRestartSec=2\n' > /etc/systemd/system/nginx.service.d/slm-copilot.conf
     rm -f /etc/nginx/sites-enabled/default
     systemctl daemon-reload
     systemctl disable nginx slm-copilot-engine >/dev/null 2>&1 || true  # bootstrap starts them
@@ -314,10 +317,12 @@ render_engine() {
     local dest=$1 threads=$((10#$ONEAPP_SLM_THREADS)) verbosity
     [ "$threads" -eq 0 ] && threads=$(physical_cores)
     case "$ONEAPP_SLM_LOG_LEVEL" in error) verbosity=1 ;; warn) verbosity=2 ;; info) verbosity=3 ;; *) verbosity=4 ;; esac
+    # --kv-unified: one KV pool for all slots, so a request may use the whole context size (split
+    # per slot, a context of 8192 with 2 slots would silently be 4096 per request).
     printf 'SLM_ENGINE_ARGS="%s"\n' "--host 127.0.0.1 --port ${SLM_ENGINE_PORT} \
 --model ${SLM_APP_DIR}/models/model.gguf --alias ${MODEL_ID} --ctx-size ${SLM_CTX} \
 --threads ${threads} --parallel $((10#$ONEAPP_SLM_PARALLEL)) --temp ${ONEAPP_SLM_TEMPERATURE} \
---jinja --metrics --no-slots --no-webui --log-verbosity ${verbosity}" > "$dest/engine.env"
+--kv-unified --jinja --metrics --no-slots --no-webui --log-verbosity ${verbosity}" > "$dest/engine.env"
 }
 
 # Applies what `stage` holds: swap it in, test nginx, and swap back if nginx refuses it.

@@ -1,0 +1,1 @@
+"""Performance of the appliance: measured numbers, compared as ratios taken within one run."""

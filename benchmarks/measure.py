@@ -1,0 +1,104 @@
+"""One streamed request, measured from the client's side and from the engine's own timings."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+from conformance.endpoint import Endpoint, stream_chat
+
+PROMPT = [{"role": "user", "content": "Write a Python function that parses an ISO 8601 date, with tests."}]
+SHORT = [{"role": "user", "content": "Say hi."}]
+
+
+@dataclass
+class Sample:
+    ttft_s: float  # request sent -> first content event
+    e2e_s: float  # request sent -> [DONE]
+    itl_s: list[float]  # gaps between content events, as the client saw them
+    tokens: int  # completion tokens (usage)
+    prompt_tokens: int
+    client_decode_tps: float  # (tokens - 1) / (last event - first event)
+    engine_decode_tps: float  # the engine's predicted_per_second
+    engine_prompt_tps: float  # the engine's prompt_per_second
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("itl_s")
+        return d
+
+
+def one_request(ep: Endpoint, max_tokens: int, prompt: list[dict] = PROMPT) -> Sample:
+    s = stream_chat(ep, prompt, max_tokens=max_tokens, temperature=0, cache_prompt=False, ignore_eos=True)
+    if s.status != 200:
+        raise RuntimeError(f"HTTP {s.status}: {s.body[:200]}")
+    times = s.content_times
+    last = s.chunks[-1]
+    timings, usage = last.get("timings") or {}, last.get("usage") or {}
+    span = times[-1] - times[0] if len(times) > 1 else float("nan")
+    return Sample(
+        ttft_s=times[0] - s.started, e2e_s=s.events[-1][0] - s.started,
+        itl_s=[b - a for a, b in zip(times, times[1:], strict=False)],
+        tokens=usage.get("completion_tokens", len(times)), prompt_tokens=usage.get("prompt_tokens", 0),
+        client_decode_tps=(len(times) - 1) / span if span else float("nan"),
+        engine_decode_tps=timings.get("predicted_per_second", float("nan")),
+        engine_prompt_tps=timings.get("prompt_per_second", float("nan")),
+    )
+
+
+def concurrent(ep: Endpoint, streams: int, max_tokens: int) -> dict:
+    """`streams` clients at once: aggregate and per-stream throughput."""
+    samples: list[Sample] = []
+    errors: list[str] = []
+
+    def client():
+        try:
+            samples.append(one_request(ep, max_tokens))
+        except Exception as err:  # noqa: BLE001 (reported, not swallowed)
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=client) for _ in range(streams)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t0
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {streams} streams failed: {errors[:2]}")
+    return {"streams": streams, "wall_s": wall,
+            "aggregate_tps": sum(s.tokens for s in samples) / wall,
+            "per_stream_tps": statistics.median(s.client_decode_tps for s in samples),
+            "ttft_s": statistics.median(s.ttft_s for s in samples)}
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {}
+    qs = statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else [values[0]] * 99
+    return {"p50": qs[49], "p95": qs[94], "p99": qs[98], "mean": statistics.fmean(values)}
+
+
+def summarize(samples: list[Sample]) -> dict:
+    out = {k: percentiles([getattr(s, k) for s in samples])
+           for k in ("ttft_s", "e2e_s", "client_decode_tps", "engine_decode_tps", "engine_prompt_tps")}
+    out["itl_s"] = percentiles([g for s in samples for g in s.itl_s])
+    out["tokens_per_request"] = statistics.fmean(s.tokens for s in samples)
+    out["n"] = len(samples)
+    return out
+
+
+def interleaved_ratio(a: Endpoint, b: Endpoint, rounds: int, max_tokens: int, metric: str) -> dict:
+    """A/B/A/B in one run: the noise of a busy machine hits both sides alike. Ratio = a / b."""
+    ratios, a_vals, b_vals = [], [], []
+    for _ in range(rounds):
+        va = getattr(one_request(a, max_tokens), metric)
+        vb = getattr(one_request(b, max_tokens), metric)
+        a_vals.append(va)
+        b_vals.append(vb)
+        ratios.append(va / vb)
+    return {"metric": metric, "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
+            "ratio_max": max(ratios), "a_median": statistics.median(a_vals), "b_median": statistics.median(b_vals),
+            "rounds": rounds}

@@ -1,0 +1,128 @@
+"""Load and hostile input: every request completes or is refused by design, nothing crashes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+import time
+
+import httpx
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from . import checks
+from .endpoint import Endpoint, stream_chat
+
+
+def engine_rss_kib(request, target: str) -> int | None:
+    if target == "local":
+        pid = request.getfixturevalue("local_stack").engine.pid
+        status = open(f"/proc/{pid}/status").read()  # noqa: SIM115
+    elif target == "vm":
+        status = request.getfixturevalue("vm").execute("cat /proc/$(pidof llama-server)/status").stdout
+    else:
+        return None
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
+def test_prompt_longer_than_context_gets_400(endpoint, record):
+    record(checks.long_prompt_rejected(endpoint))
+
+
+def test_load_twice_the_slots(endpoint, settings, request, record):
+    """2 x slots concurrent streaming clients, 3 waves: completed or 429/503, no other outcome."""
+    clients, waves = 4, (3 if not endpoint.emulated else 1)  # the appliance's default is 2 slots
+    max_tokens = 6 if endpoint.emulated else 32
+    rss_before = engine_rss_kib(request, settings.target)
+    outcome = {"completed": 0, "rejected": 0, "failed": 0}
+    failures = []
+    lock = threading.Lock()
+
+    def client():
+        try:
+            s = stream_chat(endpoint, checks.SHORT_PROMPT, max_tokens=max_tokens)
+            if s.status == 200 and s.events and s.events[-1][1] == "[DONE]":
+                kind = "completed"
+            elif s.status in (429, 503):
+                kind = "rejected"
+            else:
+                kind, _ = "failed", failures.append(f"HTTP {s.status}, last event {s.events[-1:]}")
+        except httpx.HTTPError as err:
+            kind, _ = "failed", failures.append(repr(err))
+        with lock:
+            outcome[kind] += 1
+
+    t0 = time.monotonic()
+    for _ in range(waves):
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=900)
+        assert not any(t.is_alive() for t in threads), "a client hung"
+    rss_after = engine_rss_kib(request, settings.target)
+    figures = {**outcome, "seconds": round(time.monotonic() - t0, 1)}
+    if rss_before and rss_after:
+        figures["engine_rss_growth_mib"] = round((rss_after - rss_before) / 1024, 1)
+        assert rss_after - rss_before < 50 * 1024, f"engine RSS grew by {figures['engine_rss_growth_mib']} MiB"
+    record(figures)
+    assert outcome["failed"] == 0, f"{outcome}: {failures[:3]}"
+    assert outcome["completed"] > 0
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False)
+                           | st.text(max_size=20), lambda c: st.lists(c, max_size=3)
+                           | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=6)
+BODIES = st.one_of(
+    st.binary(max_size=200),  # malformed JSON, invalid UTF-8
+    st.fixed_dictionaries({"messages": JSON_VALUES}, optional={"max_tokens": JSON_VALUES,
+                                                             "temperature": JSON_VALUES, "stream": JSON_VALUES}),
+    st.fixed_dictionaries({
+        "messages": st.just([{"role": "user", "content": "hi"}]),
+        "max_tokens": st.sampled_from([-1, 0, 1, 2**31, "ten", 1.5, None]),
+        "temperature": st.sampled_from([-1, 0, 100, "hot", None]),
+        "stream": st.just(True),  # dropped after the status line: the engine must cancel, not run on
+    }),
+).map(lambda b: b if isinstance(b, bytes) else json.dumps(b).encode())
+
+
+def test_hostile_api_input(endpoint, record):
+    """Whatever the body: a 2xx or 4xx answer, never a 5xx, and the appliance healthy after.
+
+    Bodies are sent as streams and dropped after the status line: a huge max_tokens must not
+    keep the check (or the engine) busy, and a client that walks away is hostile input too."""
+    tried = {"n": 0}
+
+    @hypothesis_settings(max_examples=12 if endpoint.emulated else 60, deadline=None,
+                         suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(body=BODIES)
+    def one(body):
+        tried["n"] += 1
+        with endpoint.client(headers={"Content-Type": "application/json"}) as client, \
+                client.stream("POST", "/v1/chat/completions", content=body, timeout=300) as r:
+            assert r.status_code < 500, f"HTTP {r.status_code} for {body[:80]!r}: {r.read()[:200]!r}"
+
+    one()
+    with endpoint.client() as client:
+        big = client.post("/v1/chat/completions", content=b"{" + b" " * (9 * 2**20) + b"}",
+                          headers={"Content-Type": "application/json"})
+        assert big.status_code == 413, f"a 9 MiB body: HTTP {big.status_code}"
+    slow = slow_client(endpoint)
+    checks.auth(endpoint)  # still serving, still guarded
+    checks.sse_protocol(endpoint)
+    record({"inputs_tried": tried["n"] + 1, "oversize_body": 413, "slow_client": slow, "crashes": 0})
+
+
+def slow_client(ep: Endpoint) -> str:
+    """A client that dribbles its headers and goes away: the server must not care."""
+    url = httpx.URL(ep.base_url)
+    ctx = ssl.create_default_context(cafile=str(ep.ca_file) if ep.ca_file else None)
+    with socket.create_connection((url.host, url.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname=url.host) as tls:
+        for chunk in (b"POST /v1/chat/completions HTTP/1.1\r\n", b"Host: x\r\n", b"Content-Length: 100\r\n"):
+            tls.sendall(chunk)
+            time.sleep(1)
+    return "dropped after 3 s"
