@@ -8,7 +8,8 @@ nox.options.default_venv_backend = "none"
 nox.options.sessions = ["lint", "tests"]
 
 SHELL_FILES = ["dev", ".ci/run", *glob.glob("appliance/**/*.sh", recursive=True),
-               *glob.glob("packer/**/*.sh", recursive=True)]
+               *glob.glob("packer/**/*.sh", recursive=True), "packer/context/slm-context",
+               "packer/context/net-90-service-appliance"]
 
 
 @nox.session

@@ -51,7 +51,10 @@ def test_gate_catches_injected_slowdown(local_stack, results, rounds, tmp_path):
     slow = LocalStack(local_stack.artifacts)
     slow.configure()
     proxy_conf = slow.path("/etc/slm-copilot/proxy.conf")
-    proxy_conf.write_text(proxy_conf.read_text() + "limit_rate 2k;\n")  # ~1/5 of the stream's byte rate
+    # A front that dribbles the stream at 2 KB/s, about a sixth of its byte rate here (limit_rate
+    # applies to buffered proxying only, hence the buffering).
+    proxy_conf.write_text(proxy_conf.read_text().replace(
+        "proxy_buffering off;", "proxy_buffering on; proxy_ignore_headers X-Accel-Buffering; limit_rate 2k;"))
     slow.start_engine()
     slow.start_nginx()
     try:
@@ -60,7 +63,7 @@ def test_gate_catches_injected_slowdown(local_stack, results, rounds, tmp_path):
                                         "client_decode_tps")}}
     finally:
         slow.stop()
-    reference = results.get("proxy_overhead") or gate.load_baseline() or {}
+    reference = results if "proxy_overhead" in results else (gate.load_baseline() or {})
     assert gate.lookup(reference, ("proxy_overhead", "decode", "ratio_median")), "run test_proxy_overhead first"
     ok, rows = gate.compare(reference, injected)
     assert not ok, f"the gate passed an injected slowdown:\n{gate.table(rows)}"
