@@ -304,3 +304,12 @@ def coherence(ep: Endpoint, min_margin: float = 1.0) -> dict:
         assert own - without >= min_margin, f"{value}: turn 1 raises its logprob by only {own - without:.2f} nats"
         assert own - rival >= min_margin, f"{value}: only {own - rival:.2f} nats above {other}"
     return {f"{v}_{k}": x for v, d in figures.items() for k, x in d.items()}
+
+
+def engine_port_closed(url: str) -> dict:
+    """The engine's port, reached from the network side, must not answer HTTP."""
+    try:
+        r = httpx.get(url, timeout=10)
+    except httpx.HTTPError as err:
+        return {"engine_port_from_network": type(err).__name__}
+    raise AssertionError(f"the engine answered from the network: HTTP {r.status_code}")

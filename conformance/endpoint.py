@@ -36,6 +36,19 @@ class Endpoint:
         return httpx.Client(base_url=self.base_url, headers=headers, verify=self.tls_context(), timeout=TIMEOUT,
                             **kwargs)
 
+    def wait_serving(self, timeout: float, interval: float = 1.0) -> float:
+        """Seconds until an authenticated /v1/models answers 200; AssertionError after `timeout`."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            try:
+                with self.client() as client:
+                    if client.get("/v1/models").status_code == 200:
+                        return time.monotonic() - start
+            except httpx.HTTPError:
+                pass
+            time.sleep(interval)
+        raise AssertionError(f"{self.base_url} did not serve within {timeout}s")
+
     def tls_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
 
