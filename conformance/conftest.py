@@ -196,6 +196,41 @@ class Reporter:
                              "seconds": round(report.duration, 2), "figures": dict(report.user_properties),
                              "reason": reason})
 
+    def matrix(self) -> list[str]:
+        """check x CPU model (or target): what release engineers read first."""
+        cells: dict[str, dict[str, str]] = {}
+        columns: list[str] = []
+        models = self.settings.cpu_models if self.settings.target == "vm" else [self.settings.target]
+        for r in self.results:
+            test = r["check"].split("::", 1)[-1]
+            check, _, column = test.partition("[")
+            column = column.rstrip("]")
+            if column not in models:
+                check, column = test, "-"
+            if column not in columns:
+                columns.append(column)
+            mark = {"passed": "pass", "failed": "**FAIL**", "skipped": "n/a"}[r["outcome"]]
+            cells.setdefault(check, {})[column] = mark
+        lines = ["| check | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        lines += [f"| {check} | " + " | ".join(row.get(c, "") for c in columns) + " |" for check, row in cells.items()]
+        return lines
+
+    def context_lines(self) -> list[str]:
+        lines = []
+        image = REPO / self.settings.image
+        manifest = image.parent / "manifest.json"
+        if self.settings.target == "vm" and manifest.exists():
+            m = json.loads(manifest.read_text())
+            lines.append(f"Image `{image.name}` sha256 `{m['image']['sha256']}`, appliance "
+                         f"{m['appliance']['version']}, engine {' '.join(m['artifacts']['engine']['version'])}.")
+        for r in self.results:
+            figures, test = r["figures"], r["check"].split("::", 1)[-1]
+            if "variant" in figures:
+                lines.append(f"- `{test}`: engine CPU variant `{figures['variant']}` (flags: {figures['cpu_flags']})")
+            if "ready_s" in figures and "boot_s" in figures and "boot_reaches_ready" in test:
+                lines.append(f"- `{test}`: SSH after {figures['boot_s']} s, ready after {figures['ready_s']} s")
+        return lines
+
     def pytest_sessionfinish(self, session):
         skipped = [r for r in self.results if r["outcome"] == "skipped"]
         if self.settings.profile == "release" and skipped and session.exitstatus == 0:
@@ -207,7 +242,8 @@ class Reporter:
         name = self.settings.target
         (reports / f"results-{name}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
         lines = [f"# SLM-Copilot conformance: target `{name}`, profile `{self.settings.profile}`: **{verdict}**",
-                 "", "| check | outcome | s | figures |", "|---|---|---|---|"]
+                 "", *self.context_lines(), "", *self.matrix(), "", "## Figures", "",
+                 "| check | outcome | s | figures |", "|---|---|---|---|"]
         for r in self.results:
             figures = ", ".join(f"{k}={v}" for k, v in r["figures"].items()) or r["reason"]
             lines.append(f"| `{r['check'].split('::', 1)[-1]}` | {r['outcome']} | {r['seconds']} | {figures} |")
