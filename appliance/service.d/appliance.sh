@@ -94,8 +94,17 @@ service_help() {
 
 # --- install (image build time; no network: artifacts are staged in SLM_STAGE) -------------
 
+SLM_PACKAGES=(nginx-light libnginx-mod-http-js openssl curl gettext-base libgomp1 certbot)
+
 service_install() {
-    local stage="${SLM_STAGE:-/opt/slm-copilot-stage}"
+    local stage="${SLM_STAGE:-/opt/slm-copilot-stage}" pkg missing=()
+    for pkg in "${SLM_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then  # distribution packages only; engine and model are staged
+        msg info "Installing ${missing[*]} from the distribution's archive"
+        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
     msg info "Verifying staged artifacts in ${stage}"
     (cd "$stage" && sha256sum --quiet --strict -c SHA256SUMS) \
         || { msg error "Staged artifacts fail their SHA256SUMS in ${stage}"; return 1; }
@@ -409,8 +418,11 @@ wait_engine() {
 try_letsencrypt() {
     command -v certbot >/dev/null || { SLM_TLS_NOTE="certbot is not installed: serving the self-signed certificate"; return 1; }
     if certbot certonly --non-interactive --agree-tos --keep-until-expiring --webroot -w "$SLM_ACME_WEBROOT" \
-        -d "$ONEAPP_SLM_DOMAIN" -m "$ONEAPP_SLM_ACME_EMAIL" --server "$ONEAPP_SLM_ACME_SERVER"; then
-        render_tls "$SLM_TLS_DIR" && systemctl reload nginx
+        -d "$ONEAPP_SLM_DOMAIN" -m "$ONEAPP_SLM_ACME_EMAIL" --server "$ONEAPP_SLM_ACME_SERVER" \
+        --config-dir "${SLM_ROOT}/etc/letsencrypt" --work-dir "${SLM_ROOT}/var/lib/letsencrypt" \
+        --logs-dir "${SLM_LOG_DIR}/letsencrypt"; then
+        render_tls "$SLM_TLS_DIR"
+        [ -n "$SLM_ROOT" ] || systemctl reload nginx
         SLM_TLS_NOTE="Let's Encrypt certificate for ${ONEAPP_SLM_DOMAIN}"
     else
         SLM_TLS_NOTE="Let's Encrypt issuance failed: serving the self-signed certificate (see bootstrap.log)"
