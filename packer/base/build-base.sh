@@ -16,6 +16,13 @@ include=$(grep -v '^#' "$here/packages.txt" | grep -v '^$' | paste -sd, -)
 debootstrap --variant=minbase --include="$include" "$suite" "$root" "$mirror" > "$work/debootstrap.log" 2>&1 \
     || { tail -30 "$work/debootstrap.log"; exit 1; }
 
+after=$(sed -n 's/^#after: *//p' "$here/packages.txt" | xargs)
+if [ -n "$after" ]; then
+    # shellcheck disable=SC2086  # a word list
+    chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $after \
+        > "$work/apt-after.log" 2>&1 || { tail -30 "$work/apt-after.log"; exit 1; }
+fi
+
 echo slm-copilot > "$root/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 slm-copilot\n::1 localhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
 cat > "$root/etc/systemd/network/10-dhcp.network" <<'NET'
