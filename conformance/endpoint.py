@@ -91,12 +91,3 @@ def stream_chat(endpoint: Endpoint, messages: list[dict], max_tokens: int = 32, 
                 if line.startswith("data:"):
                     result.events.append((time.monotonic(), line[5:].strip()))
     return result
-
-
-def chat(endpoint: Endpoint, messages: list[dict], max_tokens: int = 16, **extra) -> dict:
-    body = {"model": endpoint.model or "default", "messages": messages, "max_tokens": max_tokens,
-            "seed": 42, "temperature": 0, **extra}
-    with endpoint.client() as client:
-        resp = client.post("/v1/chat/completions", json=body)
-    resp.raise_for_status()
-    return resp.json()

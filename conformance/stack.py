@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from vm_fixtures.instance import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 SERVICE = REPO / "appliance" / "service.sh"
 NJS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"
@@ -23,12 +25,6 @@ NJS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"
 
 class StackError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
