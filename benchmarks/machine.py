@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from conformance.checks import engine_variants
+
 
 def cpu_info() -> dict:
     text = Path("/proc/cpuinfo").read_text()
@@ -35,9 +37,7 @@ def memory_bandwidth_gbs(mib: int = 256, repeats: int = 5) -> float:
 
 
 def loaded_variant(pid: int) -> str:
-    maps = Path(f"/proc/{pid}/maps").read_text()
-    found = sorted(set(re.findall(r"libggml-cpu-(\w+)\.so", maps)))
-    return ",".join(found) or "unknown"
+    return ",".join(engine_variants(Path(f"/proc/{pid}/maps").read_text())) or "unknown"
 
 
 def roofline(decode_tps: float, model_bytes: int, bandwidth_gbs: float) -> float:

@@ -75,6 +75,7 @@ def test_cpu_models(target, heavy, results, cpu_model):
     """The offline image per CPU model. TCG emulates every instruction: emulator figures."""
     if target != "vm":
         pytest.skip(f"not applicable: needs the vm target (this run: {target})")
+    from conformance.checks import engine_variants
     from conformance.endpoint import Endpoint
     from conformance.settings import Settings
     from vm_fixtures import LibvirtPlatform
@@ -84,15 +85,12 @@ def test_cpu_models(target, heavy, results, cpu_model):
 
     platform = LibvirtPlatform()
     platform.reap()
-    model = ("host-passthrough" if platform.kvm else "maximum") if cpu_model == "host" else cpu_model
-    vm = platform.launch(REPO / Settings.load(target="vm").image, model, context={})
+    vm = platform.launch(REPO / Settings.load(target="vm").image, cpu_model, context={})
     try:
         ready = vm.wait_ready()
         sample = one_request(Endpoint.of_vm(vm), 8, prompt=SHORT)
-        maps = vm.execute("cat /proc/$(pidof llama-server)/maps").stdout
-        variant = ",".join(sorted({part.split("libggml-cpu-")[1].split(".so")[0]
-                                   for part in maps.split() if "libggml-cpu-" in part}))
+        variant = ",".join(engine_variants(vm.execute("cat /proc/$(pidof llama-server)/maps").stdout))
     finally:
         vm.destroy()
-    results.setdefault("cpu_models", {})[f"{cpu_model} ({model})"] = {
+    results.setdefault("cpu_models", {})[f"{cpu_model} ({vm.cpu_model})"] = {
         **sample.as_dict(), "variant": variant, "ready_s": ready["ready_s"], "emulated": not platform.kvm}

@@ -204,6 +204,11 @@ def openai_sdk(ep: Endpoint) -> dict:
     return {"deltas": len(pieces)}
 
 
+def engine_variants(proc_maps: str) -> list[str]:
+    """The CPU variants (libggml-cpu-<tag>.so) an engine process has mapped, from /proc/<pid>/maps."""
+    return sorted(set(re.findall(r"libggml-cpu-(\w+)\.so", proc_maps)))
+
+
 def exposure_score(systemd_analyze_output: str) -> float:
     """The overall exposure that `systemd-analyze security UNIT` prints on its last line."""
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", systemd_analyze_output)

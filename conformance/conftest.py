@@ -110,8 +110,7 @@ def vm(settings, platform, cpu_model):
     image = REPO / settings.image
     if not image.exists():
         pytest.fail(f"no image at {image}: run `nox -s build` (or set SLM_CONFORMANCE_IMAGE)")
-    model = ("host-passthrough" if platform.kvm else "maximum") if cpu_model == "host" else cpu_model
-    instance = platform.launch(image, model, context={})
+    instance = platform.launch(image, cpu_model, context={})
     try:
         instance.ready = instance.wait_ready()
         yield instance
@@ -160,8 +159,8 @@ def engine_control(settings, request, endpoint):
         vm = request.getfixturevalue("vm")
 
         def start():
-            vm.execute("systemctl start slm-copilot-engine && until curl -fs http://127.0.0.1:8081/health; "
-                       "do sleep 2; done", timeout=600)
+            vm.execute("systemctl start slm-copilot-engine")
+            endpoint.wait_serving(timeout=600)
 
         return EngineControl(lambda: vm.execute("systemctl stop slm-copilot-engine"), start)
     not_applicable("stopping the engine needs the local or vm target")

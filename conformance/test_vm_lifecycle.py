@@ -6,7 +6,6 @@ Order matters within a VM (one VM per CPU model): the bad-context check runs las
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 import time
 
@@ -72,7 +71,7 @@ def test_host_services_users_and_secrets(vm, guest, record):
 @pytest.mark.core
 def test_engine_cpu_variant(vm, cpu_model, record):
     maps = vm.execute("cat /proc/$(pidof llama-server)/maps").stdout
-    variants = sorted(set(re.findall(r"libggml-cpu-(\w+)\.so", maps)))
+    variants = checks.engine_variants(maps)
     assert len(variants) == 1, variants
     flags = vm.execute("grep -o -w -E 'avx512f|avx2|sse4_2' /proc/cpuinfo | sort -u | xargs").stdout.strip()
     expected = "skylakex" if "avx512f" in flags else "haswell" if "avx2" in flags else \

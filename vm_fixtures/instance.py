@@ -236,6 +236,8 @@ class LibvirtPlatform:
 
     def launch(self, image: Path, cpu_model: str, context: dict[str, str], memory_mib: int = 1536,
                vcpus: int = 2) -> Instance:
+        if cpu_model == "host":  # the most a guest can have here: the host's CPU with KVM, all of QEMU's without
+            cpu_model = "host-passthrough" if self.kvm else "maximum"
         if cpu_model == "host-passthrough" and not self.kvm:
             raise GuestError("host-passthrough needs KVM, which does not work on this host: use maximum")
         name = f"{NAME_PREFIX}{cpu_model.lower()}-{uuid.uuid4().hex[:6]}"
