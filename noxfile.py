@@ -49,6 +49,17 @@ def conformance(session):
 
 
 @nox.session
+def conformance_url(session):
+    """The url target (what an operator points at a deployed appliance) proven on the image booted
+    here as if deployed: SSH host checks and the opt-in destructive ones included."""
+    session.run("python", "-m", "artifacts")
+    session.run("python", "packer/build.py")
+    session.run("python", "-m", "vm_fixtures", "dist/slm-copilot.qcow2", "--",
+                "python", "-m", "pytest", "conformance", "--target", "url", *session.posargs,
+                env={"SLM_CONFORMANCE_DESTRUCTIVE": "1"})
+
+
+@nox.session
 def benchmark(session):
     session.run("python", "-m", "artifacts")
     session.run("python", "-m", "pytest", "benchmarks", *session.posargs)

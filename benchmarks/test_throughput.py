@@ -85,12 +85,9 @@ def test_cpu_models(target, heavy, results, cpu_model):
 
     platform = LibvirtPlatform()
     platform.reap()
-    vm = platform.launch(REPO / Settings.load(target="vm").image, cpu_model, context={})
-    try:
-        ready = vm.wait_ready()
-        sample = one_request(Endpoint.of_vm(vm), 8, prompt=SHORT)
+    with platform.booted(REPO / Settings.load(target="vm").image, cpu_model) as vm:
+        sample = one_request(Endpoint.of_guest(vm), 8, prompt=SHORT)
         variant = ",".join(engine_variants(vm.execute("cat /proc/$(pidof llama-server)/maps").stdout))
-    finally:
-        vm.destroy()
+        ready = vm.ready
     results.setdefault("cpu_models", {})[f"{cpu_model} ({vm.cpu_model})"] = {
         **sample.as_dict(), "variant": variant, "ready_s": ready["ready_s"], "emulated": not platform.kvm}

@@ -66,6 +66,10 @@ def pytest_collection_modifyitems(config, items):
         if settings.target != "local" and item.get_closest_marker("negative_control"):
             drop.append(item)  # they break a local stack on purpose; the checks are the same code
             continue
+        only = item.get_closest_marker("target")
+        if only and settings.target not in only.args:
+            drop.append(item)  # an image's metadata or first boot: nothing to check on a deployed one
+            continue
         if settings.profile != "ci" or settings.target != "vm":
             keep.append(item)
             continue
@@ -77,6 +81,23 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
+def pytest_collection_modifyitems_destructive_last(items):
+    """Destructive checks last on each CPU model: they reboot and reconfigure (a new key) the VM the
+    others share. Stable, and grouped by model as pytest grouped them, so no VM boots twice."""
+    models = []
+    for item in items:
+        model = item.callspec.params.get("cpu_model") if hasattr(item, "callspec") else None
+        if model not in models:
+            models.append(model)
+
+    def key(item):
+        model = item.callspec.params.get("cpu_model") if hasattr(item, "callspec") else None
+        return models.index(model), item.get_closest_marker("destructive") is not None
+
+    items.sort(key=key)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     report = yield
@@ -85,12 +106,19 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(autouse=True)
+def destructive_is_opt_in(request, settings):
+    """A deployed appliance is only killed, rebooted or reconfigured when the operator says so."""
+    if request.node.get_closest_marker("destructive") and settings.target == "url" and not settings.destructive:
+        not_applicable("destructive: opt in with SLM_CONFORMANCE_DESTRUCTIVE=1 (and SLM_CONFORMANCE_SSH)")
+
+
+@pytest.fixture(autouse=True)
 def collect_logs_on_failure(request, settings):
     yield
     failed = any(getattr(getattr(request.node, f"report_{w}", None), "failed", False) for w in ("setup", "call"))
-    if failed and settings.target == "vm" and "vm" in request.fixturenames:
-        vm = request.getfixturevalue("vm")
-        vm.collect_logs(REPO / settings.reports_dir / "logs" / request.node.name.replace("/", "_"))
+    if failed and "guest" in request.fixturenames:
+        guest = request.getfixturevalue("guest")
+        guest.collect_logs(REPO / settings.reports_dir / "logs" / request.node.name.replace("/", "_"))
 
 
 @pytest.fixture(scope="session")
@@ -110,15 +138,21 @@ def vm(settings, platform, cpu_model):
     image = REPO / settings.image
     if not image.exists():
         pytest.fail(f"no image at {image}: run `nox -s build` (or set SLM_CONFORMANCE_IMAGE)")
-    instance = platform.launch(image, cpu_model, context={})
-    try:
-        instance.ready = instance.wait_ready()
-        yield instance
-    except Exception:
-        instance.collect_logs(REPO / settings.reports_dir / "logs" / f"boot-{cpu_model}")
-        raise
-    finally:
-        instance.destroy()
+    with platform.booted(image, cpu_model, logs=REPO / settings.reports_dir / "logs" / f"boot-{cpu_model}") as vm:
+        yield vm
+
+
+@pytest.fixture(scope="session")
+def guest(settings, request, cpu_model):
+    """The appliance's host: the booted VM, or a deployed appliance reached with the `ssh` setting."""
+    if settings.target == "vm":
+        return request.getfixturevalue("vm")
+    if settings.target == "url" and settings.ssh:
+        from vm_fixtures import Guest
+
+        return Guest.from_ssh(settings.ssh, settings.ssh_key, https_url=settings.url, http_url=settings.http_url,
+                              engine_url=settings.engine_url, ca_file=settings.ca_file)
+    not_applicable(f"host checks need the vm target or ssh with the url target (this run: {settings.target})")
 
 
 @pytest.fixture(scope="session")
@@ -133,14 +167,14 @@ def local_stack(settings):
 @pytest.fixture(scope="session")
 def endpoint(settings, request, cpu_model) -> Endpoint:
     if settings.target == "vm":
-        return Endpoint.of_vm(request.getfixturevalue("vm"))
+        return Endpoint.of_guest(request.getfixturevalue("guest"))
     if settings.target == "local":
         stack = request.getfixturevalue("local_stack")
         return Endpoint(stack.base_url, stack.api_key, stack.ca_file, http_url=f"http://127.0.0.1:{stack.ports['http']}")
-    if settings.target == "url":
-        ca_file = Path(settings.ca_file) if settings.ca_file else None
-        host = httpx.URL(settings.url).host
-        return Endpoint(settings.url.rstrip("/"), settings.api_key, ca_file, http_url=f"http://{host}")
+    ca_file = Path(settings.ca_file) if settings.ca_file else None
+    emulated = bool(settings.ssh) and request.getfixturevalue("guest").emulated
+    http_url = settings.http_url or f"http://{httpx.URL(settings.url).host}"
+    return Endpoint(settings.url.rstrip("/"), settings.api_key, ca_file, emulated=emulated, http_url=http_url)
 
 
 class EngineControl:
@@ -155,15 +189,13 @@ def engine_control(settings, request, endpoint):
     if settings.target == "local":
         stack = request.getfixturevalue("local_stack")
         return EngineControl(stack.stop_engine, stack.start_engine)
-    if settings.target == "vm":
-        vm = request.getfixturevalue("vm")
+    guest = request.getfixturevalue("guest")
 
-        def start():
-            vm.execute("systemctl start slm-copilot-engine")
-            endpoint.wait_serving(timeout=600)
+    def start():
+        guest.execute("systemctl start slm-copilot-engine")
+        endpoint.wait_serving(timeout=600)
 
-        return EngineControl(lambda: vm.execute("systemctl stop slm-copilot-engine"), start)
-    not_applicable("stopping the engine needs the local or vm target")
+    return EngineControl(lambda: guest.execute("systemctl stop slm-copilot-engine"), start)
 
 
 @pytest.fixture

@@ -23,12 +23,10 @@ class Endpoint:
     http_url: str = ""  # the plain-HTTP port (redirects and ACME), when the target exposes it
 
     @classmethod
-    def of_vm(cls, vm) -> Endpoint:
-        """The appliance in a vm_fixtures Instance, as a client reaches it: forwarded port, its CA."""
-        ca = vm.workdir / "ca.crt"
-        ca.write_text(vm.read_file("/var/lib/slm-copilot/tls/ca.crt"))
-        return cls(f"https://127.0.0.1:{vm.ports['https']}", vm.read_file("/var/lib/slm-copilot/api_key").strip(),
-                   ca, emulated=not vm.kvm, http_url=f"http://127.0.0.1:{vm.ports['http']}")
+    def of_guest(cls, guest) -> Endpoint:
+        """The appliance on a vm_fixtures Guest as a client reaches it, with its current key."""
+        return cls(guest.https_url, guest.read_file("/var/lib/slm-copilot/api_key").strip(), guest.trusted_ca(),
+                   emulated=guest.emulated, http_url=guest.http_url)
 
     def client(self, auth: bool = True, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if auth else {}

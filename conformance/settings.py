@@ -23,10 +23,13 @@ class Settings:
     cpu_models: list[str] = field(default_factory=lambda: ["qemu64", "host"])
     ci_full_model: str = "qemu64"  # ci profile: the whole suite here, the core elsewhere
     url: str = ""  # url target: https://host[:port]
+    http_url: str = ""  # url target: where port 80 is reached (default http://<url's host>)
+    engine_url: str = ""  # url target: the host's engine port as the network sees it (default http://<host>:8081)
     api_key: str = ""
     ca_file: str = ""
-    ssh: str = ""  # url target, optional: user@host[:port] for host checks
-    destructive: bool = False  # url target: allow checks that restart or reconfigure
+    ssh: str = ""  # url target, optional: user@host[:port] (root, or sudo without password) for host checks
+    ssh_key: str = ""  # url target: identity file for ssh (default: ssh's own keys and agent)
+    destructive: bool = False  # url target: allow checks that kill, reboot or reconfigure (needs ssh)
     reports_dir: str = "reports"
 
     @classmethod
@@ -50,6 +53,9 @@ class Settings:
             raise ValueError(f"profile={settings.profile!r}: expected one of {PROFILES}")
         if settings.target == "url" and not (settings.url and settings.api_key):
             raise ValueError("target=url needs url and api_key (SLM_CONFORMANCE_URL, SLM_CONFORMANCE_API_KEY)")
+        if settings.destructive and settings.target == "url" and not settings.ssh:
+            raise ValueError("destructive=true needs ssh=user@host[:port] (SLM_CONFORMANCE_SSH): "
+                             "faults and reboots are driven from inside the appliance")
         return settings
 
     def redacted(self) -> dict:

@@ -39,6 +39,7 @@ def test_http_redirects_to_https(endpoint, record):
     record(checks.http_redirect(endpoint))
 
 
+@pytest.mark.destructive
 def test_503_with_retry_after_while_engine_down(engine_control, endpoint, record):
     engine_control.stop()
     try:

@@ -17,12 +17,12 @@ from . import checks
 from .endpoint import Endpoint, stream_chat
 
 
-def engine_rss_kib(request, target: str) -> int | None:
-    if target == "local":
+def engine_rss_kib(request, settings) -> int | None:
+    if settings.target == "local":
         pid = request.getfixturevalue("local_stack").engine.pid
         status = open(f"/proc/{pid}/status").read()  # noqa: SIM115
-    elif target == "vm":
-        status = request.getfixturevalue("vm").execute("cat /proc/$(pidof llama-server)/status").stdout
+    elif settings.target == "vm" or settings.ssh:
+        status = request.getfixturevalue("guest").execute("cat /proc/$(pidof llama-server)/status").stdout
     else:
         return None
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
@@ -36,7 +36,7 @@ def test_load_twice_the_slots(endpoint, settings, request, record):
     """2 x slots concurrent streaming clients, 3 waves: completed or 429/503, no other outcome."""
     clients, waves = 4, (3 if not endpoint.emulated else 1)  # the appliance's default is 2 slots
     max_tokens = 6 if endpoint.emulated else 32
-    rss_before = engine_rss_kib(request, settings.target)
+    rss_before = engine_rss_kib(request, settings)
     outcome = {"completed": 0, "rejected": 0, "failed": 0}
     failures = []
     lock = threading.Lock()
@@ -63,7 +63,7 @@ def test_load_twice_the_slots(endpoint, settings, request, record):
         for t in threads:
             t.join(timeout=900)
         assert not any(t.is_alive() for t in threads), "a client hung"
-    rss_after = engine_rss_kib(request, settings.target)
+    rss_after = engine_rss_kib(request, settings)
     figures = {**outcome, "seconds": round(time.monotonic() - t0, 1)}
     if rss_before and rss_after:
         figures["engine_rss_growth_mib"] = round((rss_after - rss_before) / 1024, 1)

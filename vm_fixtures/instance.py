@@ -1,8 +1,7 @@
 """A libvirt platform and the instances it launches (cloud-init integration-test style).
 
 Each instance: a qcow2 overlay on the image under test (never modified), a CONTEXT CD-ROM,
-SSH/HTTPS/HTTP forwarded to free 127.0.0.1 ports, the serial console in a file. Every SSH and
-HTTP call is bounded by a timeout: while the guest is down, slirp still accepts TCP.
+SSH/HTTPS/HTTP forwarded to free 127.0.0.1 ports, the serial console in a file.
 """
 
 from __future__ import annotations
@@ -11,16 +10,15 @@ import contextlib
 import shutil
 import socket
 import subprocess
-import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import libvirt
 
 from . import host
 from .context_iso import build_iso
+from .guest import Guest, GuestError
 
 NAME_PREFIX = "slm-conf-"
 WORK_ROOT = Path("/var/tmp/slm-vms")
@@ -75,93 +73,41 @@ DOMAIN_XML = """<domain type='{domain_type}' xmlns:qemu='http://libvirt.org/sche
 """
 
 
-class GuestError(RuntimeError):
-    pass
+class Instance(Guest):
+    """A Guest the platform booted: it also holds the power switch, the CD-ROM and the console."""
 
+    disposable = True
 
-@dataclass
-class Instance:
-    name: str
-    dom: libvirt.virDomain
-    workdir: Path
-    cpu_model: str
-    ports: dict[str, int]
-    context: dict[str, str] = field(default_factory=dict)
-    boot_id: str | None = None
-    kvm: bool = False
-    ready: dict = field(default_factory=dict)
+    def __init__(self, name: str, dom: libvirt.virDomain, workdir: Path, cpu_model: str, ports: dict[str, int],
+                 context: dict[str, str], kvm: bool):
+        super().__init__(name, "127.0.0.1", ports["ssh"], "root", workdir / "id_ed25519",
+                         https_url=f"https://127.0.0.1:{ports['https']}", http_url=f"http://127.0.0.1:{ports['http']}",
+                         engine_url=f"http://127.0.0.1:{ports['engine']}")
+        self.dom, self.workdir, self.cpu_model, self.ports, self.kvm = dom, workdir, cpu_model, ports, kvm
+        self.context = dict(context)
 
     @property
     def serial_log(self) -> Path:
         return self.workdir / "serial.log"
 
     @property
-    def ssh_key(self) -> Path:
-        return self.workdir / "id_ed25519"
+    def emulated(self) -> bool:
+        return not self.kvm
 
-    def ssh_command(self, command: str) -> list[str]:
-        return ["ssh", "-q", "-i", str(self.ssh_key), "-p", str(self.ports["ssh"]), "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5",
-                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3", "root@127.0.0.1", command]
+    def trusted_ca(self) -> Path:
+        """The appliance's private CA, fetched as a client would get it from the report."""
+        ca = self.workdir / "ca.crt"
+        ca.write_text(self.read_file("/var/lib/slm-copilot/tls/ca.crt"))
+        return ca
 
-    def execute(self, command: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-        try:
-            result = subprocess.run(self.ssh_command(command), capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as err:
-            raise GuestError(f"{self.name}: `{command}` timed out after {timeout}s") from err
-        if check and result.returncode != 0:
-            raise GuestError(f"{self.name}: `{command}` exited {result.returncode}: {result.stderr[-500:]}")
-        return result
-
-    def read_file(self, path: str) -> str:
-        return self.execute(f"cat {path}").stdout
-
-    def current_boot_id(self) -> str | None:
-        with contextlib.suppress(GuestError):
-            out = self.execute("cat /proc/sys/kernel/random/boot_id", timeout=20, check=False)
-            if out.returncode == 0 and out.stdout.strip():
-                return out.stdout.strip()
-        return None
-
-    def wait_boot(self, timeout: float = 900) -> float:
-        """Until SSH answers with a boot_id other than the last one seen."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            boot_id = self.current_boot_id()
-            if boot_id and boot_id != self.boot_id:
-                self.boot_id = boot_id
-                return time.monotonic() - start
-            tail = self.serial_log.read_text(errors="replace")[-4000:] if self.serial_log.exists() else ""
-            if "Kernel panic" in tail or "(initramfs)" in tail:
-                raise GuestError(f"{self.name}: boot failed, see {self.serial_log}")
-            time.sleep(3)
-        raise GuestError(f"{self.name}: no SSH with a new boot_id after {timeout}s")
-
-    def wait_ready(self, timeout: float = 1800) -> dict:
-        """Until the context agent has run and the appliance answers /health through TLS."""
-        start = time.monotonic()
-        self.wait_boot(timeout)
-        booted = time.monotonic() - start
-        status = ""
-        while time.monotonic() - start < timeout:
-            out = self.execute("systemctl is-active slm-context.service; cat /etc/one-appliance/status",
-                               timeout=30, check=False).stdout.split()
-            status = out[-1] if out else ""
-            agent_done = out and out[0] in ("active", "failed")
-            if agent_done and status != "bootstrap_success":
-                raise GuestError(f"{self.name}: appliance status {status!r} after the context agent ran")
-            if agent_done and self.health() == 200:
-                return {"boot_s": round(booted, 1), "ready_s": round(time.monotonic() - start, 1)}
-            time.sleep(5)
-        raise GuestError(f"{self.name}: not ready after {timeout}s (status {status!r})")
-
-    def health(self) -> int | None:
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"https://127.0.0.1:{self.ports['https']}/health", verify=False, timeout=10).status_code  # noqa: S501 (liveness only; TLS is checked by the suite)
+    def boot_failure(self) -> str | None:
+        tail = self.serial_log.read_text(errors="replace")[-4000:] if self.serial_log.exists() else ""
+        if "Kernel panic" in tail or "(initramfs)" in tail:
+            return f"see {self.serial_log}"
         return None
 
     def restart(self, timeout: float = 1800) -> dict:
-        """ACPI reboot; done when the boot_id changed and the appliance is ready again."""
+        """ACPI reboot, as OpenNebula's `onevm reboot` sends it."""
         self.execute("sync", check=False)
         self.dom.reboot(0)
         return self.wait_ready(timeout)
@@ -186,18 +132,9 @@ class Instance:
         return {"boot_s": round(self.wait_boot(timeout), 1)}
 
     def collect_logs(self, dest: Path) -> None:
-        dest.mkdir(parents=True, exist_ok=True)
+        super().collect_logs(dest)
         if self.serial_log.exists():
             shutil.copy(self.serial_log, dest / "serial.log")
-        commands = {
-            "journal.txt": "journalctl -b --no-pager",
-            "appliance-logs.txt": "tail -n 200 /var/log/one-appliance/*.log /etc/one-appliance/status",
-            "nginx.txt": "tail -n 200 /var/log/slm-copilot/*.log",
-            "engine.txt": "journalctl -b -u slm-copilot-engine --no-pager",
-        }
-        for name, command in commands.items():
-            with contextlib.suppress(GuestError):
-                (dest / name).write_text(self.execute(command, timeout=60, check=False).stdout)
 
     def destroy(self) -> None:
         with contextlib.suppress(libvirt.libvirtError):
@@ -259,10 +196,25 @@ class LibvirtPlatform:
                                 vcpus=vcpus, cpu=cpu_xml(cpu_model), overlay=overlay, iso=iso,
                                 serial=workdir / "serial.log", forwards=forwards)
         dom = self.conn.defineXML(xml)
-        instance = Instance(name, dom, workdir, cpu_model, ports, dict(context), kvm=self.kvm)
+        instance = Instance(name, dom, workdir, cpu_model, ports, context, kvm=self.kvm)
         try:
             dom.create()
         except libvirt.libvirtError:
             instance.destroy()
             raise
         return instance
+
+    @contextlib.contextmanager
+    def booted(self, image: Path, cpu_model: str, context: dict[str, str] | None = None,
+               logs: Path | None = None) -> Iterator[Instance]:
+        """An instance ready to serve for the length of the block, its logs kept in `logs` if it fails."""
+        instance = self.launch(image, cpu_model, context or {})
+        try:
+            instance.ready = instance.wait_ready()
+            yield instance
+        except Exception:
+            if logs:
+                instance.collect_logs(logs)
+            raise
+        finally:
+            instance.destroy()

@@ -1,0 +1,64 @@
+"""How the conformance suite is pointed at a target: settings layers, validation, SSH access."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conformance.settings import Settings
+from vm_fixtures import Guest
+
+URL_ENV = {"SLM_CONFORMANCE_TARGET": "url", "SLM_CONFORMANCE_URL": "https://10.0.0.5",
+           "SLM_CONFORMANCE_API_KEY": "sk-secret-value"}
+
+
+@pytest.fixture
+def env(monkeypatch):
+    for name, value in URL_ENV.items():
+        monkeypatch.setenv(name, value)
+    return monkeypatch
+
+
+def test_layers_file_then_environment_then_options(env, tmp_path):
+    config = tmp_path / "target.toml"
+    config.write_text('[conformance]\nprofile = "release"\nssh = "admin@10.0.0.5:2222"\ndestructive = false\n')
+    env.setenv("SLM_CONFORMANCE_DESTRUCTIVE", "yes")
+    settings = Settings.load(str(config), profile="ci")
+    assert (settings.profile, settings.ssh, settings.destructive) == ("ci", "admin@10.0.0.5:2222", True)
+    assert settings.redacted()["api_key"] == "***"
+
+
+def test_destructive_without_ssh_is_refused_by_name(env):
+    env.setenv("SLM_CONFORMANCE_DESTRUCTIVE", "1")
+    with pytest.raises(ValueError, match="destructive=true needs ssh"):
+        Settings.load()
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("SLM_CONFORMANCE_TARGET", "cloud", "target='cloud'"),
+    ("SLM_CONFORMANCE_PROFILE", "nightly", "profile='nightly'"),
+    ("SLM_CONFORMANCE_API_KEY", "", "target=url needs url and api_key"),
+])
+def test_bad_settings_name_the_field(env, name, value, message):
+    env.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        Settings.load()
+
+
+def test_guest_from_ssh_setting():
+    guest = Guest.from_ssh("admin@10.0.0.5:2222", "/keys/id", https_url="https://api.example.org:8443/",
+                           ca_file="ca.crt")
+    assert (guest.user, guest.host, guest.ssh_port, guest.ssh_key) == ("admin", "10.0.0.5", 2222, Path("/keys/id"))
+    assert (guest.https_url, guest.http_url) == ("https://api.example.org:8443", "http://api.example.org")
+    assert guest.engine_url == "http://api.example.org:8081"
+    assert guest.trusted_ca() == Path("ca.crt") and not guest.disposable
+    # A non-root user reaches the appliance's files through sudo, the command quoted as one word.
+    assert guest.ssh_command("cat /etc/one-appliance/config")[-1] == "sudo -n bash -c 'cat /etc/one-appliance/config'"
+    assert Guest.from_ssh("10.0.0.5").ssh_command("true")[-2:] == ["root@10.0.0.5", "true"]
+
+
+@pytest.mark.parametrize("target", ["admin@", "admin@host:ssh", ""])
+def test_guest_from_bad_ssh_setting(target):
+    with pytest.raises(ValueError, match="expected user@host"):
+        Guest.from_ssh(target)
