@@ -102,6 +102,7 @@ def cached_build(kind: str, key: str, build) -> Path:
         current = tree_manifest(out)
         current.pop(".manifest.json", None)
         if recorded == current:
+            os.utime(out)  # recently used: kept by prune()
             return out
         print(f"cache: {out} does not match its manifest; rebuilding", file=sys.stderr)
     if out.exists():
@@ -114,7 +115,22 @@ def cached_build(kind: str, key: str, build) -> Path:
     files = tree_manifest(staging)
     (staging / ".manifest.json").write_text(json.dumps(files, indent=1, sort_keys=True))
     staging.rename(out)
+    prune(kind)
     return out
+
+
+KEEP_BUILDS = 2  # per kind: the current inputs and the previous ones (switching branches back is free)
+
+
+def prune(kind: str, keep: int = KEEP_BUILDS) -> list[Path]:
+    """Remove all but the `keep` most recently used builds of `kind`, and its crashed stagings."""
+    builds = cache_root() / "builds"
+    done = sorted((p for p in builds.glob(f"{kind}-*") if p.is_dir() and not p.name.endswith(".partial")),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = done[keep:] + [p for p in builds.glob(f"{kind}-*.partial") if p.is_dir()]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
 
 
 @contextlib.contextmanager

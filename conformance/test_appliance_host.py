@@ -171,7 +171,7 @@ def test_reboot_idempotency_and_power_cycle(guest, settings, record):
     timings = {}
     reboots = 5 if settings.profile == "release" else 2
     for step in [f"reboot-{i + 1}" for i in range(reboots)] + ["power-cycle"]:
-        boot_id = guest.boot_id
+        boot_id = guest.current_boot_id()
         if step == "power-cycle":  # pull the plug in the middle of a request
             threading.Thread(target=in_flight_request, args=(Endpoint.of_guest(guest),), daemon=True).start()
             time.sleep(5)

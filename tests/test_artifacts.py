@@ -41,6 +41,26 @@ def test_cached_build_is_reused_and_corruption_rebuilt(tmp_path, monkeypatch):
     assert len(calls) == 2 and (again / "bin").read_text() == "payload"
 
 
+def test_superseded_builds_are_pruned_least_recently_used_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLM_CACHE_DIR", str(tmp_path))
+    builds = tmp_path / "builds"
+    other = builds / "engine-0000"
+    crashed = builds / "demo-cccc.partial"
+    for leftover in (other, crashed):
+        leftover.mkdir(parents=True)
+
+    def build(out: Path):
+        (out / "bin").write_text(out.name)
+
+    a = cache.cached_build("demo", "a" * 64, build)
+    b = cache.cached_build("demo", "b" * 64, build)
+    time.sleep(0.01)
+    cache.cached_build("demo", "a" * 64, build)  # used again: b is now the oldest
+    c = cache.cached_build("demo", "c" * 64, build)
+    assert sorted(p.name for p in builds.iterdir()) == sorted([a.name, c.name, other.name])
+    assert not b.exists() and not crashed.exists()
+
+
 def test_pypi_download_is_verified(tmp_path, monkeypatch):
     monkeypatch.setenv("SLM_CACHE_DIR", str(tmp_path))
     pin = dict(cache.load_pins()["model"], sha256="f" * 64)

@@ -161,14 +161,20 @@ class Guest:
 
     # -- power and context ----------------------------------------------------------------
 
+    def remember_boot(self) -> None:
+        """Before a reboot: the boot it must leave, or SSH answering on the way down looks like a boot."""
+        self.boot_id = self.current_boot_id() or self.boot_id
+
     def restart(self, timeout: float = 1800) -> dict:
         """A clean reboot; done when the boot_id changed and the appliance is ready again."""
+        self.remember_boot()
         with contextlib.suppress(GuestError):  # the connection may drop before ssh returns
             self.execute("sync; systemctl --no-block reboot", timeout=30, check=False)
         return self.wait_ready(timeout)
 
     def power_cycle(self, timeout: float = 1800) -> dict:
         """Pull the plug from inside: sysrq 'b' resets at once, no sync, no unmount."""
+        self.remember_boot()
         with contextlib.suppress(GuestError):
             self.execute("echo b > /proc/sysrq-trigger", timeout=15, check=False)
         return self.wait_ready(timeout)
