@@ -12,6 +12,7 @@ import socket
 import ssl
 import statistics
 import time
+import warnings
 
 import httpx
 import jsonschema
@@ -226,7 +227,9 @@ def tls_versions(ep: Endpoint) -> dict:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # the protocol version is under test here, not the chain
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-        ctx.minimum_version = ctx.maximum_version = version
+        with warnings.catch_warnings():  # offering the deprecated versions is the point of the check
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = ctx.maximum_version = version
         try:
             with socket.create_connection((url.host, url.port or 443), timeout=10) as raw, \
                     ctx.wrap_socket(raw, server_hostname=url.host) as tls:
