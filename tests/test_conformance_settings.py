@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conformance.settings import Settings
 from vm_fixtures import Guest
+
+REPO = Path(__file__).resolve().parent.parent
 
 URL_ENV = {"SLM_CONFORMANCE_TARGET": "url", "SLM_CONFORMANCE_URL": "https://10.0.0.5",
            "SLM_CONFORMANCE_API_KEY": "sk-secret-value"}
@@ -62,3 +68,17 @@ def test_guest_from_ssh_setting():
 def test_guest_from_bad_ssh_setting(target):
     with pytest.raises(ValueError, match="expected user@host"):
         Guest.from_ssh(target)
+
+
+def test_destructive_checks_wait_for_the_operators_opt_in(tmp_path):
+    """Against a url target without destructive=true nothing is killed, rebooted or reconfigured:
+    every destructive check is reported not applicable before it reaches the appliance (port 9
+    here: a check that tried would fail, not skip)."""
+    env = {**os.environ, **URL_ENV, "SLM_CONFORMANCE_URL": "https://127.0.0.1:9",
+           "SLM_CONFORMANCE_SSH": "root@127.0.0.1:9", "SLM_CONFORMANCE_REPORTS_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "pytest", "conformance", "-m", "destructive", "-p", "no:cacheprovider"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    results = json.loads((tmp_path / "results-url.json").read_text())["results"]
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert len(results) == 6 and {r["outcome"] for r in results} == {"skipped"}
+    assert all("opt in with SLM_CONFORMANCE_DESTRUCTIVE=1" in r["reason"] for r in results)
