@@ -92,7 +92,7 @@ def direct(stack: LocalStack) -> Endpoint:
 
 
 def proxied(stack: LocalStack) -> Endpoint:
-    return Endpoint(stack.base_url, stack.api_key, stack.ca_file)
+    return Endpoint.of_stack(stack)
 
 
 @pytest.fixture(scope="session")
@@ -100,8 +100,7 @@ def endpoint(target, request) -> Endpoint:
     if target == "local":
         return proxied(request.getfixturevalue("local_stack"))
     if target == "url":
-        s = Settings.load(target="url")
-        return Endpoint(s.url.rstrip("/"), s.api_key, Path(s.ca_file) if s.ca_file else None)
+        return Endpoint.of_settings(Settings.load(target="url"))
     pytest.skip("not applicable: the vm target measures per CPU model only (test_cpu_models)")
 
 

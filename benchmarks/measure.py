@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass
 from conformance.endpoint import Endpoint, stream_chat
 
 PROMPT = [{"role": "user", "content": "Write a Python function that parses an ISO 8601 date, with tests."}]
-SHORT = [{"role": "user", "content": "Say hi."}]
 
 
 @dataclass

@@ -75,19 +75,18 @@ def test_cpu_models(target, heavy, results, cpu_model):
     """The offline image per CPU model. TCG emulates every instruction: emulator figures."""
     if target != "vm":
         pytest.skip(f"not applicable: needs the vm target (this run: {target})")
-    from conformance.checks import engine_variants
+    from conformance.checks import SHORT_PROMPT, engine_variants
     from conformance.endpoint import Endpoint
     from conformance.settings import Settings
     from vm_fixtures import LibvirtPlatform
 
     from .conftest import REPO
-    from .measure import SHORT
 
     platform = LibvirtPlatform()
     platform.reap()
     with platform.booted(REPO / Settings.load(target="vm").image, cpu_model) as vm:
-        sample = one_request(Endpoint.of_guest(vm), 8, prompt=SHORT)
-        variant = ",".join(engine_variants(vm.execute("cat /proc/$(pidof llama-server)/maps").stdout))
+        sample = one_request(Endpoint.of_guest(vm), 8, prompt=SHORT_PROMPT)
+        variant = ",".join(engine_variants(vm.engine_proc("maps")))
         ready = vm.ready
     results.setdefault("cpu_models", {})[f"{cpu_model} ({vm.cpu_model})"] = {
         **sample.as_dict(), "variant": variant, "ready_s": ready["ready_s"], "emulated": not platform.kvm}

@@ -45,15 +45,16 @@ CHUNK_SCHEMA = {  # OpenAI chat.completion.chunk, the fields clients rely on
 
 PROMPT = [{"role": "user", "content": "Write a Python function that returns the sum of a list, then explain it."}]
 SHORT_PROMPT = [{"role": "user", "content": "Say hi."}]  # for emulated guests: prompt tokens cost seconds
-
-
-def budget(ep: Endpoint, native: int, emulated: int) -> tuple[list[dict], int]:
-    return (SHORT_PROMPT, emulated) if ep.emulated else (PROMPT, native)
 ENGINE_INTERNAL_PATHS = ["/slots", "/props", "/tokenize", "/detokenize", "/completion", "/completions",
                          "/embeddings", "/v1/embeddings", "/apply-template", "/lora-adapters", "/infill",
                          "/rerank", "/v1/rerank", "/", "/index.html", "/v1/health", "/health/"]
 PROTECTED = [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
              ("GET", "/metrics")]
+
+
+def budget(ep: Endpoint, native: int, emulated: int) -> tuple[list[dict], int]:
+    """The prompt and max_tokens a check asks for: an emulated guest gets the short ones."""
+    return (SHORT_PROMPT, emulated) if ep.emulated else (PROMPT, native)
 
 
 def sse_protocol(ep: Endpoint) -> dict:
@@ -252,10 +253,10 @@ def long_prompt_rejected(ep: Endpoint) -> dict:
         r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": words}],
                                                       "max_tokens": 4})
     assert r.status_code == 400, f"overlong prompt: HTTP {r.status_code}: {r.text[:200]}"
-    message = r.json()["error"]["message"]
-    assert "context" in message.lower(), message
-    return {"seconds": round(time.monotonic() - t0, 2), "prompt_tokens": r.json()["error"].get("n_prompt_tokens"),
-            "n_ctx": r.json()["error"].get("n_ctx")}
+    error = r.json()["error"]
+    assert "context" in error["message"].lower(), error["message"]
+    return {"seconds": round(time.monotonic() - t0, 2), "prompt_tokens": error.get("n_prompt_tokens"),
+            "n_ctx": error.get("n_ctx")}
 
 
 CODENAMES = ("Zebra", "Cobalt")  # an A/B pair: each run must recall its own value, not the other

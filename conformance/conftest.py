@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
-import httpx
 import pytest
 
 from artifacts.cache import heavy_job
@@ -57,6 +55,10 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("cpu_model", models, scope="session")
 
 
+def cpu_model_of(item) -> str | None:
+    return item.callspec.params.get("cpu_model") if hasattr(item, "callspec") else None
+
+
 def pytest_collection_modifyitems(config, items):
     """The ci profile runs the whole suite on the CPU model named by ci_full_model and only the
     boot/stream/auth core on the others (TCG makes them slow); release runs everything everywhere."""
@@ -73,9 +75,8 @@ def pytest_collection_modifyitems(config, items):
         if settings.profile != "ci" or settings.target != "vm":
             keep.append(item)
             continue
-        model = item.callspec.params.get("cpu_model") if hasattr(item, "callspec") else None
         core = item.get_closest_marker("core") is not None
-        (keep if core or model in (None, settings.ci_full_model) else drop).append(item)
+        (keep if core or cpu_model_of(item) in (None, settings.ci_full_model) else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -85,17 +86,8 @@ def pytest_collection_modifyitems(config, items):
 def pytest_collection_modifyitems_destructive_last(items):
     """Destructive checks last on each CPU model: they reboot and reconfigure (a new key) the VM the
     others share. Stable, and grouped by model as pytest grouped them, so no VM boots twice."""
-    models = []
-    for item in items:
-        model = item.callspec.params.get("cpu_model") if hasattr(item, "callspec") else None
-        if model not in models:
-            models.append(model)
-
-    def key(item):
-        model = item.callspec.params.get("cpu_model") if hasattr(item, "callspec") else None
-        return models.index(model), item.get_closest_marker("destructive") is not None
-
-    items.sort(key=key)
+    models = list(dict.fromkeys(cpu_model_of(item) for item in items))
+    items.sort(key=lambda item: (models.index(cpu_model_of(item)), item.get_closest_marker("destructive") is not None))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -169,12 +161,8 @@ def endpoint(settings, request, cpu_model) -> Endpoint:
     if settings.target == "vm":
         return Endpoint.of_guest(request.getfixturevalue("guest"))
     if settings.target == "local":
-        stack = request.getfixturevalue("local_stack")
-        return Endpoint(stack.base_url, stack.api_key, stack.ca_file, http_url=f"http://127.0.0.1:{stack.ports['http']}")
-    ca_file = Path(settings.ca_file) if settings.ca_file else None
-    emulated = bool(settings.ssh) and request.getfixturevalue("guest").emulated
-    http_url = settings.http_url or f"http://{httpx.URL(settings.url).host}"
-    return Endpoint(settings.url.rstrip("/"), settings.api_key, ca_file, emulated=emulated, http_url=http_url)
+        return Endpoint.of_stack(request.getfixturevalue("local_stack"))
+    return Endpoint.of_settings(settings, emulated=bool(settings.ssh) and request.getfixturevalue("guest").emulated)
 
 
 class EngineControl:

@@ -28,6 +28,17 @@ class Endpoint:
         return cls(guest.https_url, guest.read_file("/var/lib/slm-copilot/api_key").strip(), guest.trusted_ca(),
                    emulated=guest.emulated, http_url=guest.http_url)
 
+    @classmethod
+    def of_stack(cls, stack) -> Endpoint:
+        """A LocalStack's front, through TLS, with its plain-HTTP port."""
+        return cls(stack.base_url, stack.api_key, stack.ca_file, http_url=f"http://127.0.0.1:{stack.ports['http']}")
+
+    @classmethod
+    def of_settings(cls, settings, emulated: bool = False) -> Endpoint:
+        """A deployed appliance as the url target's settings name it."""
+        return cls(settings.url.rstrip("/"), settings.api_key, Path(settings.ca_file) if settings.ca_file else None,
+                   emulated=emulated, http_url=settings.http_url or f"http://{httpx.URL(settings.url).host}")
+
     def client(self, auth: bool = True, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if auth else {}
         headers.update(kwargs.pop("headers", {}))

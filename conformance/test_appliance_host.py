@@ -93,8 +93,7 @@ def test_host_services_users_and_secrets(guest, host_view, record):
 
 @pytest.mark.core
 def test_engine_cpu_variant(guest, record):
-    maps = guest.execute("cat /proc/$(pidof llama-server)/maps").stdout
-    variants = checks.engine_variants(maps)
+    variants = checks.engine_variants(guest.engine_proc("maps"))
     assert len(variants) == 1, variants
     flags = guest.execute("grep -o -w -E 'avx512f|avx2|sse4_2' /proc/cpuinfo | sort -u | xargs").stdout.strip()
     expected = "skylakex" if "avx512f" in flags else "haswell" if "avx2" in flags else \

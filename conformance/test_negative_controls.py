@@ -76,10 +76,8 @@ def test_negative_control(settings, local_stack, name, tmp_path, record):
     if defect.engine_down:
         stack.stop_engine()
     try:
-        endpoint = Endpoint(stack.base_url, stack.api_key, stack.ca_file,
-                            http_url=f"http://127.0.0.1:{stack.ports['http']}")
         with pytest.raises(AssertionError) as caught:
-            defect.check(endpoint)
+            defect.check(Endpoint.of_stack(stack))
         record({"caught": str(caught.value).splitlines()[0][:120]})
     finally:
         stack.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import ssl
 import threading
 import time
 
@@ -22,7 +21,7 @@ def engine_rss_kib(request, settings) -> int | None:
         pid = request.getfixturevalue("local_stack").engine.pid
         status = open(f"/proc/{pid}/status").read()  # noqa: SIM115
     elif settings.target == "vm" or settings.ssh:
-        status = request.getfixturevalue("guest").execute("cat /proc/$(pidof llama-server)/status").stdout
+        status = request.getfixturevalue("guest").engine_proc("status")
     else:
         return None
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
@@ -119,9 +118,8 @@ def test_hostile_api_input(endpoint, record):
 def slow_client(ep: Endpoint) -> str:
     """A client that dribbles its headers and goes away: the server must not care."""
     url = httpx.URL(ep.base_url)
-    ctx = ssl.create_default_context(cafile=str(ep.ca_file) if ep.ca_file else None)
     with socket.create_connection((url.host, url.port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname=url.host) as tls:
+            ep.tls_context().wrap_socket(raw, server_hostname=url.host) as tls:
         for chunk in (b"POST /v1/chat/completions HTTP/1.1\r\n", b"Host: x\r\n", b"Content-Length: 100\r\n"):
             tls.sendall(chunk)
             time.sleep(1)

@@ -85,6 +85,10 @@ class Guest:
     def read_file(self, path: str) -> str:
         return self.execute(f"cat {path}").stdout
 
+    def engine_proc(self, name: str) -> str:
+        """/proc/<engine pid>/<name> (maps: its CPU variant; status: its memory)."""
+        return self.read_file(f"/proc/$(pidof llama-server)/{name}")
+
     def testinfra_url(self) -> str:
         return f"ssh://{self.user}@{self.host}:{self.ssh_port}"
 
@@ -92,9 +96,10 @@ class Guest:
     def emulated(self) -> bool:
         """TCG decodes at 0.2-2 tok/s, so checks ask for fewer tokens; systemd tells (qemu vs kvm)."""
         if self._emulated is None:
-            virt = self.execute("systemd-detect-virt", check=False).stdout.strip()
-            self._emulated = virt == "qemu"
-        return self._emulated
+            virt = self.execute("systemd-detect-virt", check=False).stdout.strip()  # "none" exits 1
+            if virt:  # empty while SSH is down: asked again next time
+                self._emulated = virt == "qemu"
+        return bool(self._emulated)
 
     def trusted_ca(self) -> Path | None:
         """The CA a client of this appliance trusts: the operator's file, else the system store."""

@@ -18,7 +18,7 @@ import libvirt
 
 from . import host
 from .context_iso import build_iso
-from .guest import Guest, GuestError
+from .guest import ENGINE_PORT, Guest, GuestError
 
 NAME_PREFIX = "slm-conf-"
 WORK_ROOT = Path("/var/tmp/slm-vms")
@@ -106,10 +106,13 @@ class Instance(Guest):
             return f"see {self.serial_log}"
         return None
 
-    def restart(self, timeout: float = 1800) -> dict:
-        """ACPI reboot, as OpenNebula's `onevm reboot` sends it."""
+    def acpi_reboot(self) -> None:
+        """As OpenNebula's `onevm reboot` sends it."""
         self.execute("sync", check=False)
         self.dom.reboot(0)
+
+    def restart(self, timeout: float = 1800) -> dict:
+        self.acpi_reboot()
         return self.wait_ready(timeout)
 
     def power_cycle(self, timeout: float = 1800) -> dict:
@@ -127,8 +130,7 @@ class Instance(Guest):
         self.dom.updateDeviceFlags(cdrom, libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
         if expect_ready:
             return self.restart(timeout)
-        self.execute("sync", check=False)
-        self.dom.reboot(0)
+        self.acpi_reboot()
         return {"boot_s": round(self.wait_boot(timeout), 1)}
 
     def collect_logs(self, dest: Path) -> None:
@@ -189,7 +191,7 @@ class LibvirtPlatform:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
         iso = build_iso(with_ssh_key(context, key), workdir / "context.iso")
         # "engine" reaches the guest's own address at the engine port: it must be refused there.
-        guest_ports = {"ssh": 22, "https": 443, "http": 80, "engine": 8081}
+        guest_ports = {"ssh": 22, "https": 443, "http": 80, "engine": ENGINE_PORT}
         ports = {k: free_port() for k in guest_ports}
         forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{ports[k]}-:{guest}" for k, guest in guest_ports.items())
         xml = DOMAIN_XML.format(domain_type="kvm" if self.kvm else "qemu", name=name, memory=memory_mib,
