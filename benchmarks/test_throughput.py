@@ -89,4 +89,4 @@ def test_cpu_models(target, heavy, results, cpu_model):
         variant = ",".join(engine_variants(vm.engine_proc("maps")))
         ready = vm.ready
     results.setdefault("cpu_models", {})[f"{cpu_model} ({vm.cpu_model})"] = {
-        **sample.as_dict(), "variant": variant, "ready_s": ready["ready_s"], "emulated": not platform.kvm}
+        **sample.as_dict(), "variant": variant, "ready_s": ready["ready_s"], "accel": vm.decision.accel}

@@ -17,7 +17,7 @@ import warnings
 import httpx
 import jsonschema
 
-from .endpoint import Endpoint, stream_chat  # noqa: F401 (Endpoint re-exported)
+from .endpoint import FULL_SIZE_S, SPEED_PROMPT, Endpoint, approx_tokens, stream_chat  # noqa: F401 (Endpoint re-exported)
 
 CHUNK_SCHEMA = {  # OpenAI chat.completion.chunk, the fields clients rely on
     "type": "object",
@@ -44,7 +44,7 @@ CHUNK_SCHEMA = {  # OpenAI chat.completion.chunk, the fields clients rely on
 }
 
 PROMPT = [{"role": "user", "content": "Write a Python function that returns the sum of a list, then explain it."}]
-SHORT_PROMPT = [{"role": "user", "content": "Say hi."}]  # for emulated guests: prompt tokens cost seconds
+SHORT_PROMPT = SPEED_PROMPT  # for slow endpoints (TCG guests): prompt tokens cost seconds; cached after the probe
 ENGINE_INTERNAL_PATHS = ["/slots", "/props", "/tokenize", "/detokenize", "/completion", "/completions",
                          "/embeddings", "/v1/embeddings", "/apply-template", "/lora-adapters", "/infill",
                          "/rerank", "/v1/rerank", "/", "/index.html", "/v1/health", "/health/"]
@@ -52,9 +52,10 @@ PROTECTED = [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "
              ("GET", "/metrics")]
 
 
-def budget(ep: Endpoint, native: int, emulated: int) -> tuple[list[dict], int]:
-    """The prompt and max_tokens a check asks for: an emulated guest gets the short ones."""
-    return (SHORT_PROMPT, emulated) if ep.emulated else (PROMPT, native)
+def budget(ep: Endpoint, full: int, short: int) -> tuple[list[dict], int]:
+    """The prompt and max_tokens a check asks for: full size where the measured speed serves it
+    quickly, the short prompt and fewer tokens elsewhere."""
+    return (PROMPT, full) if ep.affords(approx_tokens(PROMPT), full) else (SHORT_PROMPT, short)
 
 
 def sse_protocol(ep: Endpoint) -> dict:
@@ -275,7 +276,9 @@ def coherence(ep: Endpoint, min_margin: float = 1.0) -> dict:
     codename's first token as the next token: with turn 1 in the history against without it, and
     the planted value against the other one of the A/B pair. Turn 2 is the model's own answer to an
     unrelated question and must not parrot the fact. Prompt-token accounting must cover turn 1."""
-    filler = "" if ep.emulated else f"Here is our router module:\n```python\n{FILLER}\n```\n"
+    filler = f"Here is our router module:\n```python\n{FILLER}\n```\n"
+    if not ep.affords(len(filler) // 3 * 4, 8, seconds=3 * FULL_SIZE_S):  # four requests carry it
+        filler = ""
     figures: dict = {}
     for value in CODENAMES:
         other = next(v for v in CODENAMES if v != value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,14 +33,17 @@ def pytest_configure(config):
     settings = Settings.load(config.getoption("--config"), target=config.getoption("--target"),
                              profile=config.getoption("--profile"))
     config.stash[SETTINGS] = settings
+    config.stash[DECISIONS], config.stash[SPEEDS] = {}, {}
     reports = REPO / settings.reports_dir
     reports.mkdir(parents=True, exist_ok=True)
     if not config.option.xmlpath:
         config.option.xmlpath = str(reports / f"junit-{settings.target}.xml")
-    config.pluginmanager.register(Reporter(settings), "slm-reporter")
+    config.pluginmanager.register(Reporter(settings, config.stash[DECISIONS], config.stash[SPEEDS]), "slm-reporter")
 
 
 SETTINGS = pytest.StashKey[Settings]()
+DECISIONS = pytest.StashKey[dict]()  # CPU model -> vm_fixtures.accel.Decision, for the report
+SPEEDS = pytest.StashKey[dict]()  # CPU model (or target) -> its Endpoint, whose measured speed the report shows
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +108,17 @@ def destructive_is_opt_in(request, settings):
         not_applicable("destructive: opt in with SLM_CONFORMANCE_DESTRUCTIVE=1 (and SLM_CONFORMANCE_SSH)")
 
 
+DEFAULT_BUDGET_S = 300
+
+
+@pytest.fixture(autouse=True)
+def time_budget(request):
+    """The wall time a check is sized to fit (marker `budget`), shown in the report beside its actual
+    time: a check that outgrows it on some host is visible before it eats the CI limit. Never a failure."""
+    marker = request.node.get_closest_marker("budget")
+    request.node.user_properties.append(("budget_s", marker.args[0] if marker else DEFAULT_BUDGET_S))
+
+
 @pytest.fixture(autouse=True)
 def collect_logs_on_failure(request, settings):
     yield
@@ -126,10 +141,13 @@ def platform(settings):
 
 
 @pytest.fixture(scope="session")
-def vm(settings, platform, cpu_model):
+def vm(settings, platform, cpu_model, request):
+    """One VM per CPU model. A boot that fails errors this model's checks with the cause (console
+    tail, domain state) and leaves the other models' VMs to run."""
     image = REPO / settings.image
     if not image.exists():
         pytest.fail(f"no image at {image}: run `nox -s build` (or set SLM_CONFORMANCE_IMAGE)")
+    request.config.stash[DECISIONS][cpu_model] = platform.decision(image, cpu_model)
     with platform.booted(image, cpu_model, logs=REPO / settings.reports_dir / "logs" / f"boot-{cpu_model}") as vm:
         yield vm
 
@@ -158,11 +176,50 @@ def local_stack(settings):
 
 @pytest.fixture(scope="session")
 def endpoint(settings, request, cpu_model) -> Endpoint:
+    """The appliance as clients reach it; its speed is measured by the first check that sizes itself
+    (not here: a destructive check's opt-in must be asked before anything is contacted)."""
     if settings.target == "vm":
-        return Endpoint.of_guest(request.getfixturevalue("guest"))
+        ep = Endpoint.of_guest(request.getfixturevalue("guest"))
+    elif settings.target == "local":
+        ep = Endpoint.of_stack(request.getfixturevalue("local_stack"))
+    else:
+        ep = Endpoint.of_settings(settings)
+    request.config.stash[SPEEDS][cpu_model] = ep
+    return ep
+
+
+@pytest.fixture(scope="session")
+def native_references(settings, endpoint) -> dict:
+    """The equivalence references: the engine build and model of this checkout, run natively here
+    once per CPU variant this host can run."""
+    from . import equivalence
+
+    artifacts = REPO / settings.artifacts
+    facts = dict(line.split("=", 1) for line in (artifacts / "model.env").read_text().split()) \
+        if (artifacts / "model.env").exists() else {}
+    if not facts:
+        not_applicable(f"no engine build and model in {artifacts}: run `nox -s artifacts`")
+    with endpoint.client() as client:
+        served = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    if facts["MODEL_ID"] not in served:
+        not_applicable(f"the appliance serves {served}, the references would be {facts['MODEL_ID']}")
+    return equivalence.native_references(artifacts / "engine", artifacts / "model.gguf")
+
+
+@pytest.fixture(scope="session")
+def served_variant(settings, request, cpu_model) -> str:
+    """The engine CPU variant (libggml-cpu-<variant>.so) that serves, read from the engine's memory map."""
+    from .checks import engine_variants
+
     if settings.target == "local":
-        return Endpoint.of_stack(request.getfixturevalue("local_stack"))
-    return Endpoint.of_settings(settings, emulated=bool(settings.ssh) and request.getfixturevalue("guest").emulated)
+        maps = (Path("/proc") / str(request.getfixturevalue("local_stack").engine.pid) / "maps").read_text()
+    elif settings.target == "vm" or settings.ssh:
+        maps = request.getfixturevalue("guest").engine_proc("maps")
+    else:
+        not_applicable("the serving CPU variant is read on the host: set ssh (SLM_CONFORMANCE_SSH)")
+    variants = engine_variants(maps)
+    assert len(variants) == 1, f"the engine has mapped {variants}"
+    return variants[0]
 
 
 class EngineControl:
@@ -198,8 +255,8 @@ def record(request):
 class Reporter:
     """Collects each check's outcome and figures; writes JSON and Markdown at the end."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings, decisions: dict, speeds: dict):
+        self.settings, self.decisions, self.speeds = settings, decisions, speeds
         self.results: list[dict] = []
         self.started = time.time()
 
@@ -209,9 +266,12 @@ class Reporter:
         reason = ""
         if report.skipped and isinstance(report.longrepr, tuple):
             reason = report.longrepr[-1]
-        elif report.failed and report.longreprtext:
-            reason = report.longreprtext.strip().splitlines()[-1]
-        self.results.append({"check": report.nodeid, "phase": report.when, "outcome": report.outcome,
+        elif report.failed:  # the exception's own first line: the assertion, or a boot's cause
+            crash = getattr(report.longrepr, "reprcrash", None)
+            reason = (crash.message if crash else report.longreprtext or "").strip().splitlines()[0][:500]
+        # pass / fail / skip, and error where the machinery failed (a fixture: a VM that did not boot)
+        outcome = "error" if report.failed and report.when != "call" else report.outcome
+        self.results.append({"check": report.nodeid, "phase": report.when, "outcome": outcome,
                              "seconds": round(report.duration, 2), "figures": dict(report.user_properties),
                              "reason": reason})
 
@@ -228,11 +288,14 @@ class Reporter:
                 check, column = test, "-"
             if column not in columns:
                 columns.append(column)
-            mark = {"passed": "pass", "failed": "**FAIL**", "skipped": "n/a"}[r["outcome"]]
+            mark = {"passed": "pass", "failed": "**FAIL**", "error": "**ERROR**", "skipped": "n/a"}[r["outcome"]]
             cells.setdefault(check, {})[column] = mark
         lines = ["| check | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
         lines += [f"| {check} | " + " | ".join(row.get(c, "") for c in columns) + " |" for check, row in cells.items()]
         return lines
+
+    def measured_speeds(self) -> dict:
+        return {model: ep.measured_speed for model, ep in self.speeds.items() if ep.measured_speed}
 
     def context_lines(self) -> list[str]:
         lines = []
@@ -242,9 +305,20 @@ class Reporter:
             m = json.loads(manifest.read_text())
             lines.append(f"Image `{image.name}` sha256 `{m['image']['sha256']}`, appliance "
                          f"{m['appliance']['version']}, engine {' '.join(m['artifacts']['engine']['version'])}.")
+        if self.decisions:
+            host = next(iter(self.decisions.values())).host
+            lines += [f"Host: {host.get('cpu')}; KVM modules: {', '.join(host.get('kvm_modules', [])) or 'none'}; "
+                      f"/dev/kvm: {host.get('kvm_device')}; {host.get('qemu')}.", "", "Accelerator per CPU model:"]
+            lines += [f"- {d.line()}" for d in self.decisions.values()]
+            lines.append("")
+        speeds = self.measured_speeds()
+        if speeds:
+            lines.append("Measured speed (engine ms per prompt / generated token; checks size themselves by it):")
+            lines += [f"- {model}: {s.prompt_ms:.1f} / {s.decode_ms:.1f}" for model, s in speeds.items()]
+            lines.append("")
         for r in self.results:
             figures, test = r["figures"], r["check"].split("::", 1)[-1]
-            if "variant" in figures:
+            if "variant" in figures and "cpu_flags" in figures:
                 lines.append(f"- `{test}`: engine CPU variant `{figures['variant']}` (flags: {figures['cpu_flags']})")
             if "ready_s" in figures and "boot_s" in figures and "boot_reaches_ready" in test:
                 lines.append(f"- `{test}`: SSH after {figures['boot_s']} s, ready after {figures['ready_s']} s")
@@ -257,14 +331,20 @@ class Reporter:
         reports = REPO / self.settings.reports_dir
         verdict = "pass" if session.exitstatus == 0 else "fail"
         doc = {"settings": self.settings.redacted(), "started": self.started,
+               "accelerators": {model: d.as_dict() for model, d in self.decisions.items()},
+               "speeds": {model: s.as_dict() for model, s in self.measured_speeds().items()},
                "seconds": round(time.time() - self.started, 1), "verdict": verdict, "results": self.results}
         name = self.settings.target
         (reports / f"results-{name}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
         lines = [f"# SLM-Copilot conformance: target `{name}`, profile `{self.settings.profile}`: **{verdict}**",
                  "", *self.context_lines(), "", *self.matrix(), "", "## Figures", "",
-                 "| check | outcome | s | figures |", "|---|---|---|---|"]
+                 "| check | outcome | s | budget s | figures |", "|---|---|---|---|---|"]
         for r in self.results:
-            figures = ", ".join(f"{k}={v}" for k, v in r["figures"].items()) or r["reason"]
-            lines.append(f"| `{r['check'].split('::', 1)[-1]}` | {r['outcome']} | {r['seconds']} | {figures} |")
+            shown = {k: v for k, v in r["figures"].items() if k != "budget_s"}
+            figures = ", ".join(f"{k}={v}" for k, v in shown.items()) or r["reason"]
+            budget = r["figures"].get("budget_s", "")
+            over = " **over**" if budget and r["seconds"] > budget else ""
+            lines.append(f"| `{r['check'].split('::', 1)[-1]}` | {r['outcome']} | {r['seconds']} | {budget}{over} "
+                         f"| {figures} |")
         lines += ["", "Settings (secrets redacted):", "", "```json", json.dumps(doc["settings"], indent=1), "```", ""]
         (reports / f"summary-{name}.md").write_text("\n".join(lines))

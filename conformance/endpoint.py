@@ -11,6 +11,30 @@ from pathlib import Path
 import httpx
 
 TIMEOUT = httpx.Timeout(connect=10, read=600, write=30, pool=10)
+FULL_SIZE_S = 20  # a check asks for its full-size request only where the measured speed serves it in this
+SPEED_PROMPT = [{"role": "user", "content": "Say hi."}]
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The engine's own milliseconds per prompt token and per generated token, from one short request.
+
+    Checks are sized from it, not from the target's kind: the same image decodes at 70 tok/s
+    natively, 2 tok/s in a TCG guest with a baseline CPU and 0.2 tok/s with emulated AVX2."""
+
+    prompt_ms: float
+    decode_ms: float
+
+    def seconds(self, prompt_tokens: int, tokens: int) -> float:
+        return (prompt_tokens * self.prompt_ms + tokens * self.decode_ms) / 1000
+
+    def as_dict(self) -> dict:
+        return {"prompt_ms_per_token": round(self.prompt_ms, 1), "decode_ms_per_token": round(self.decode_ms, 1)}
+
+
+def approx_tokens(messages: list[dict]) -> int:
+    """A request's prompt tokens, roughly: 3 characters a token, plus the chat template's own."""
+    return sum(len(m["content"]) for m in messages) // 3 + 30
 
 
 @dataclass
@@ -19,25 +43,27 @@ class Endpoint:
     api_key: str
     ca_file: Path | None  # trust this CA; never verify=False
     model: str = ""
-    emulated: bool = False  # a TCG guest decodes at 0.2-2 tok/s: checks ask for fewer tokens
     http_url: str = ""  # the plain-HTTP port (redirects and ACME), when the target exposes it
+    _speed: Speed | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of_guest(cls, guest) -> Endpoint:
         """The appliance on a vm_fixtures Guest as a client reaches it, with its current key."""
         return cls(guest.https_url, guest.read_file("/var/lib/slm-copilot/api_key").strip(), guest.trusted_ca(),
-                   emulated=guest.emulated, http_url=guest.http_url)
+                   http_url=guest.http_url)
 
     @classmethod
-    def of_stack(cls, stack) -> Endpoint:
-        """A LocalStack's front, through TLS, with its plain-HTTP port."""
-        return cls(stack.base_url, stack.api_key, stack.ca_file, http_url=f"http://127.0.0.1:{stack.ports['http']}")
+    def of_stack(cls, stack, speed: Speed | None = None) -> Endpoint:
+        """A LocalStack's front, through TLS, with its plain-HTTP port; `speed` when already known (a
+        deliberately broken stack must not be judged by whether its speed can be measured)."""
+        return cls(stack.base_url, stack.api_key, stack.ca_file, http_url=f"http://127.0.0.1:{stack.ports['http']}",
+                   _speed=speed)
 
     @classmethod
-    def of_settings(cls, settings, emulated: bool = False) -> Endpoint:
+    def of_settings(cls, settings) -> Endpoint:
         """A deployed appliance as the url target's settings name it."""
         return cls(settings.url.rstrip("/"), settings.api_key, Path(settings.ca_file) if settings.ca_file else None,
-                   emulated=emulated, http_url=settings.http_url or f"http://{httpx.URL(settings.url).host}")
+                   http_url=settings.http_url or f"http://{httpx.URL(settings.url).host}")
 
     def client(self, auth: bool = True, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if auth else {}
@@ -57,6 +83,28 @@ class Endpoint:
                 pass
             time.sleep(interval)
         raise AssertionError(f"{self.base_url} did not serve within {timeout}s")
+
+    @property
+    def speed(self) -> Speed:
+        """Measured once, by a short greedy request with the prompt cache off (the engine's timings)."""
+        if self._speed is None:
+            with self.client() as client:
+                r = client.post("/v1/chat/completions", json={"messages": SPEED_PROMPT, "max_tokens": 4,
+                                                              "temperature": 0, "cache_prompt": False,
+                                                              "ignore_eos": True})
+            timings = r.json().get("timings", {}) if r.status_code == 200 else {}
+            if not timings.get("predicted_per_token_ms"):
+                raise AssertionError(f"speed probe: HTTP {r.status_code}, no engine timings: {r.text[:200]}")
+            self._speed = Speed(timings["prompt_per_token_ms"], timings["predicted_per_token_ms"])
+        return self._speed
+
+    @property
+    def measured_speed(self) -> Speed | None:
+        return self._speed
+
+    def affords(self, prompt_tokens: int, tokens: int, seconds: float = FULL_SIZE_S) -> bool:
+        """Whether a request of this size is served within `seconds` at the measured speed."""
+        return self.speed.seconds(prompt_tokens, tokens) <= seconds
 
     def tls_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from vm_fixtures.instance import free_port
+from vm_fixtures.net import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICE = REPO / "appliance" / "service.sh"

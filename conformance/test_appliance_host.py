@@ -21,6 +21,8 @@ from .endpoint import Endpoint, stream_chat
 GENERATED = ('bash -c \'. /etc/one-appliance/lib/common.sh; . /etc/one-appliance/service.d/appliance.sh; '
              'printf "%s\\n" "${SLM_GENERATED_FILES[@]}"\'')
 API_KEY = "/var/lib/slm-copilot/api_key"
+# What the guest's CPU offers of what the engine's variants are built for (the report's CPU matrix).
+ISA_FLAGS = "pni|ssse3|sse4_1|sse4_2|popcnt|avx|f16c|fma|bmi2|avx2|avx512f|avx512bw|avx512vl|avx512_vnni|avx512_bf16"
 
 
 def generated_hashes(guest) -> dict[str, str]:
@@ -59,8 +61,10 @@ def host_view(guest):
 
 @pytest.mark.core
 @pytest.mark.target("vm")
+@pytest.mark.budget(900)
 def test_boot_reaches_ready(vm, record):
-    record(vm.ready)
+    d = vm.decision
+    record({**vm.ready, "accel": d.accel, "cpu": d.cpu_mode, "features_off": ",".join(d.disabled_features) or "-"})
 
 
 def test_host_services_users_and_secrets(guest, host_view, record):
@@ -95,9 +99,10 @@ def test_host_services_users_and_secrets(guest, host_view, record):
 def test_engine_cpu_variant(guest, record):
     variants = checks.engine_variants(guest.engine_proc("maps"))
     assert len(variants) == 1, variants
-    flags = guest.execute("grep -o -w -E 'avx512f|avx2|sse4_2' /proc/cpuinfo | sort -u | xargs").stdout.strip()
-    expected = "skylakex" if "avx512f" in flags else "haswell" if "avx2" in flags else \
-        "sse42" if "sse4_2" in flags else "x64"
+    flags = guest.execute(f"grep -o -w -E '{ISA_FLAGS}' /proc/cpuinfo | sort -u | xargs").stdout.strip()
+    have = set(flags.split())
+    expected = "skylakex" if "avx512f" in have else "haswell" if "avx2" in have else \
+        "sse42" if "sse4_2" in have else "x64"
     assert variants == [expected], f"CPU flags '{flags}' loaded {variants}, expected {expected}"
     record({"variant": variants[0], "cpu_flags": flags or "baseline"})
 
@@ -162,6 +167,7 @@ def in_flight_request(ep: Endpoint) -> None:
 
 
 @pytest.mark.destructive
+@pytest.mark.budget(1500)
 def test_reboot_idempotency_and_power_cycle(guest, settings, record):
     """Every generated file byte-identical across reboots (5 in a row for a release) and a hard
     power-off; same CA, same key, services back, endpoint answering."""
@@ -201,6 +207,7 @@ def test_reconfigure_new_key_and_context_size(guest, record):
 
 
 @pytest.mark.destructive
+@pytest.mark.budget(900)
 def test_bad_context_keeps_last_good_configuration(guest, record):
     """A hostile, invalid context value: reported by name, never executed, last good config serving."""
     with handed_back(guest):

@@ -61,7 +61,7 @@ DEFECTS = {
 
 @pytest.mark.negative_control
 @pytest.mark.parametrize("name", sorted(DEFECTS))
-def test_negative_control(settings, local_stack, name, tmp_path, record):
+def test_negative_control(settings, local_stack, endpoint, name, tmp_path, record):
     defect = DEFECTS[name]
     context = foreign_certificate(tmp_path) if defect.context.get("foreign_cert") else dict(defect.context)
     stack = LocalStack(local_stack.artifacts, context=context)
@@ -77,7 +77,24 @@ def test_negative_control(settings, local_stack, name, tmp_path, record):
         stack.stop_engine()
     try:
         with pytest.raises(AssertionError) as caught:
-            defect.check(Endpoint.of_stack(stack))
+            defect.check(Endpoint.of_stack(stack, speed=endpoint.speed))
         record({"caught": str(caught.value).splitlines()[0][:120]})
     finally:
         stack.stop()
+
+
+@pytest.mark.negative_control
+def test_equivalence_check_catches_a_perturbed_model(settings, native_references, tmp_path, record):
+    """The same engine and variant serving the model with one norm scaled by 2% (written with the
+    gguf package): the equivalence check must fail on it."""
+    from .equivalence import ReferenceEngine, assert_equivalent, host_variants, perturbed_model, profile
+    from .support import REPO
+
+    artifacts = REPO / settings.artifacts
+    variant = host_variants()[-1]
+    model = perturbed_model(artifacts / "model.gguf", tmp_path / "perturbed.gguf", scale=1.02)
+    with ReferenceEngine(artifacts / "engine", model, variant) as engine:
+        served = profile(engine.base_url)
+    with pytest.raises(AssertionError, match=f"against the native {variant} reference") as caught:
+        assert_equivalent(served, native_references, variant)
+    record({"caught": str(caught.value).splitlines()[0][:160]})

@@ -45,7 +45,6 @@ class Guest:
         self.context: dict[str, str] = {}
         self.boot_id: str | None = None
         self.ready: dict = {}
-        self._emulated: bool | None = None
         self._context_unit = ""
 
     @classmethod
@@ -92,15 +91,6 @@ class Guest:
     def testinfra_url(self) -> str:
         return f"ssh://{self.user}@{self.host}:{self.ssh_port}"
 
-    @property
-    def emulated(self) -> bool:
-        """TCG decodes at 0.2-2 tok/s, so checks ask for fewer tokens; systemd tells (qemu vs kvm)."""
-        if self._emulated is None:
-            virt = self.execute("systemd-detect-virt", check=False).stdout.strip()  # "none" exits 1
-            if virt:  # empty while SSH is down: asked again next time
-                self._emulated = virt == "qemu"
-        return bool(self._emulated)
-
     def trusted_ca(self) -> Path | None:
         """The CA a client of this appliance trusts: the operator's file, else the system store."""
         return self._ca_file
@@ -131,13 +121,13 @@ class Guest:
         """Until SSH answers with a boot_id other than the last one seen."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
+            failure = self.boot_failure()  # first: an SSH try on a dead guest costs up to 20 s
+            if failure:
+                raise GuestError(f"{self.name}: boot failed, {failure}")
             boot_id = self.current_boot_id()
             if boot_id and boot_id != self.boot_id:
                 self.boot_id = boot_id
                 return time.monotonic() - start
-            failure = self.boot_failure()
-            if failure:
-                raise GuestError(f"{self.name}: boot failed, {failure}")
             time.sleep(3)
         raise GuestError(f"{self.name}: no SSH with a new boot_id after {timeout}s")
 
@@ -156,6 +146,9 @@ class Guest:
                 raise GuestError(f"{self.name}: appliance status {status!r} after the context agent ran")
             if agent_done and self.health() == 200:
                 return {"boot_s": round(booted, 1), "ready_s": round(time.monotonic() - start, 1)}
+            failure = self.boot_failure()
+            if failure:
+                raise GuestError(f"{self.name}: boot failed after SSH came up, {failure}")
             time.sleep(5)
         raise GuestError(f"{self.name}: not ready after {timeout}s (status {status!r})")
 

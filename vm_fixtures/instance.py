@@ -8,37 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
 
-from . import host
+from . import accel, host
 from .context_iso import build_iso
 from .guest import ENGINE_PORT, Guest, GuestError
+from .net import free_port
 
 NAME_PREFIX = "slm-conf-"
 WORK_ROOT = Path("/var/tmp/slm-vms")
-
-CPU_XML = {
-    "host-passthrough": "<cpu mode='host-passthrough' check='none' migratable='off'/>",
-    "maximum": "<cpu mode='maximum' migratable='off'/>",
-    "host-model": "<cpu mode='host-model'/>",
-}
-
-
-def cpu_xml(model: str) -> str:
-    return CPU_XML.get(model, f"<cpu mode='custom' match='exact'><model fallback='forbid'>{model}</model></cpu>")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 DOMAIN_XML = """<domain type='{domain_type}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{name}</name>
@@ -78,17 +62,23 @@ class Instance(Guest):
 
     disposable = True
 
-    def __init__(self, name: str, dom: libvirt.virDomain, workdir: Path, cpu_model: str, ports: dict[str, int],
-                 context: dict[str, str], kvm: bool):
+    def __init__(self, name: str, dom: libvirt.virDomain, workdir: Path, decision: accel.Decision,
+                 ports: dict[str, int], context: dict[str, str]):
         super().__init__(name, "127.0.0.1", ports["ssh"], "root", workdir / "id_ed25519",
                          https_url=f"https://127.0.0.1:{ports['https']}", http_url=f"http://127.0.0.1:{ports['http']}",
                          engine_url=f"http://127.0.0.1:{ports['engine']}")
-        self.dom, self.workdir, self.cpu_model, self.ports, self.kvm = dom, workdir, cpu_model, ports, kvm
+        self.dom, self.workdir, self.decision, self.ports = dom, workdir, decision, ports
+        self.cpu_model = decision.cpu_mode
         self.context = dict(context)
+        self._console_mark = 0
 
     @property
     def serial_log(self) -> Path:
         return self.workdir / "serial.log"
+
+    @property
+    def kvm(self) -> bool:
+        return self.decision.accel == "kvm"
 
     @property
     def emulated(self) -> bool:
@@ -100,11 +90,32 @@ class Instance(Guest):
         ca.write_text(self.read_file("/var/lib/slm-copilot/tls/ca.crt"))
         return ca
 
+    def console(self, since: int = 0) -> str:
+        if not self.serial_log.exists():
+            return ""
+        with open(self.serial_log, "rb") as fh:
+            fh.seek(since)
+            return fh.read().decode(errors="replace")
+
+    def wait_boot(self, timeout: float = 900) -> float:
+        self._console_mark = self.serial_log.stat().st_size if self.serial_log.exists() else 0
+        return super().wait_boot(timeout)
+
     def boot_failure(self) -> str | None:
-        tail = self.serial_log.read_text(errors="replace")[-4000:] if self.serial_log.exists() else ""
-        if "Kernel panic" in tail or "(initramfs)" in tail:
-            return f"see {self.serial_log}"
-        return None
+        """A domain that stopped running, or a console that shows a boot going nowhere (this boot's
+        output only: the serial log keeps every boot), with the domain state and the console's tail."""
+        try:
+            state, reason = self.dom.state()
+        except libvirt.libvirtError as err:
+            return f"libvirt lost the domain: {err}"
+        console = self.console(self._console_mark)
+        if state in DEAD_STATES:
+            what = f"domain {DEAD_STATES[state]} ({STATE_REASONS.get((state, reason), reason)})"
+        else:
+            what = accel.console_failure(console)
+        if not what:
+            return None
+        return f"{what} under {self.decision.accel} with CPU {self.cpu_model}; console tail:\n{accel.tail(console)}"
 
     def acpi_reboot(self) -> None:
         """As OpenNebula's `onevm reboot` sends it."""
@@ -147,6 +158,21 @@ class Instance(Guest):
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+DEAD_STATES = {libvirt.VIR_DOMAIN_PAUSED: "paused", libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
+               libvirt.VIR_DOMAIN_CRASHED: "crashed", libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended"}
+STATE_REASONS = {  # what `virsh domstate --reason` says
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_UNKNOWN): "unknown",
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER): "user",
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR): "I/O error",
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_CRASHED): "guest crashed",
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_SHUTTING_DOWN): "shutting down",
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN): "shut down by the guest",
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED): "QEMU crashed",
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_FAILED): "failed to start",
+    (libvirt.VIR_DOMAIN_CRASHED, libvirt.VIR_DOMAIN_CRASHED_PANICKED): "guest panicked",
+}
+
+
 def with_ssh_key(context: dict[str, str], key: Path) -> dict[str, str]:
     return {"SSH_PUBLIC_KEY": key.with_suffix(".pub").read_text().strip(), "REPORT_READY": "YES", **context}
 
@@ -157,7 +183,26 @@ class LibvirtPlatform:
     def __init__(self, uri: str = host.URI):
         host.ensure_daemons()
         self.conn = libvirt.open(uri)
-        self.kvm = host.kvm_works()
+        self.decisions: dict[tuple[Path, str], accel.Decision] = {}
+
+    def decision(self, image: Path, cpu_model: str) -> accel.Decision:
+        """KVM where the image's own kernel boots under it with this CPU model, else TCG; decided
+        once per image and model, and said on the console."""
+        key = (image.resolve(), cpu_model)
+        if key not in self.decisions:
+            decision = accel.with_libvirt_blockers(accel.choose(*key), self.kvm_cpu_refusal)
+            print(f"vm_fixtures: accelerator for {decision.line()}", file=sys.stderr, flush=True)
+            self.decisions[key] = decision
+        return self.decisions[key]
+
+    def kvm_cpu_refusal(self, cpu_xml: str) -> str | None:
+        """libvirt's CPU check for a KVM domain: None if it would start, else why not."""
+        try:
+            self.conn.compareHypervisorCPU(None, "x86_64", "pc", "kvm", cpu_xml,
+                                           libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
+        except libvirt.libvirtError as err:
+            return str(err)
+        return None
 
     def reap(self) -> list[str]:
         removed = []
@@ -175,11 +220,10 @@ class LibvirtPlatform:
 
     def launch(self, image: Path, cpu_model: str, context: dict[str, str], memory_mib: int = 1536,
                vcpus: int = 2) -> Instance:
-        if cpu_model == "host":  # the most a guest can have here: the host's CPU with KVM, all of QEMU's without
-            cpu_model = "host-passthrough" if self.kvm else "maximum"
-        if cpu_model == "host-passthrough" and not self.kvm:
-            raise GuestError("host-passthrough needs KVM, which does not work on this host: use maximum")
-        name = f"{NAME_PREFIX}{cpu_model.lower()}-{uuid.uuid4().hex[:6]}"
+        decision = self.decision(image, cpu_model)
+        if decision.cpu_mode == "host-passthrough" and decision.accel != "kvm":
+            raise GuestError(f"host-passthrough needs KVM, which is not used here ({decision.reason}): ask for host")
+        name = f"{NAME_PREFIX}{decision.cpu_mode.lower()}-{uuid.uuid4().hex[:6]}"
         workdir = WORK_ROOT / name
         workdir.mkdir(parents=True)
         WORK_ROOT.chmod(0o755)
@@ -194,11 +238,11 @@ class LibvirtPlatform:
         guest_ports = {"ssh": 22, "https": 443, "http": 80, "engine": ENGINE_PORT}
         ports = {k: free_port() for k in guest_ports}
         forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{ports[k]}-:{guest}" for k, guest in guest_ports.items())
-        xml = DOMAIN_XML.format(domain_type="kvm" if self.kvm else "qemu", name=name, memory=memory_mib,
-                                vcpus=vcpus, cpu=cpu_xml(cpu_model), overlay=overlay, iso=iso,
+        xml = DOMAIN_XML.format(domain_type=decision.domain_type, name=name, memory=memory_mib,
+                                vcpus=vcpus, cpu=decision.cpu_xml(), overlay=overlay, iso=iso,
                                 serial=workdir / "serial.log", forwards=forwards)
         dom = self.conn.defineXML(xml)
-        instance = Instance(name, dom, workdir, cpu_model, ports, context, kvm=self.kvm)
+        instance = Instance(name, dom, workdir, decision, ports, context)
         try:
             dom.create()
         except libvirt.libvirtError:
