@@ -12,10 +12,15 @@ SERVICE_DIR=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
 
 ONE_SERVICE_STATUS="${SLM_ROOT}/etc/one-appliance/status"
 ONE_SERVICE_LOGDIR="${SLM_ROOT}/var/log/one-appliance"
+ONE_SERVICE_LOCK="${SLM_ROOT}/run/one-appliance/stage.lock"
 
 run_stage() {
-    local stage=$1 rc=0
-    mkdir -p "$(dirname "$ONE_SERVICE_STATUS")" "$ONE_SERVICE_LOGDIR"
+    local stage=$1 rc=0 lock
+    mkdir -p "$(dirname "$ONE_SERVICE_STATUS")" "$ONE_SERVICE_LOGDIR" "$(dirname "$ONE_SERVICE_LOCK")"
+    # One stage at a time: a context hook re-run by hand (or by a context update) waits for the
+    # boot-time run instead of rendering and restarting under it.
+    exec {lock}>"$ONE_SERVICE_LOCK"
+    flock -w "${ONE_SERVICE_LOCK_WAIT:-1800}" "$lock" || { msg error "Another stage still holds ${ONE_SERVICE_LOCK}"; return 1; }
     if [ "$stage" = configure ] && grep -q '^bootstrap_' "$ONE_SERVICE_STATUS" 2>/dev/null \
         && ! is_true "${ONE_SERVICE_RECONFIGURABLE:-false}"; then
         msg error "Appliance is not reconfigurable and was already bootstrapped"

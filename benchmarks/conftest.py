@@ -5,6 +5,7 @@ plots in reports/benchmark/, and the regression gate against benchmarks/baseline
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,27 +18,45 @@ from artifacts.cache import heavy_job
 from conformance.endpoint import Endpoint
 from conformance.settings import Settings
 from conformance.stack import LocalStack
+from conformance.support import REPO, engine_variants, not_applicable
+from conformance.targets import Target, Unsupported, target_class
 
 from . import gate, machine, report
 
-REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "reports" / "benchmark"
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("slm-copilot benchmarks")
-    group.addoption("--bench-target", default="local", help="local | vm | url (url: SLM_CONFORMANCE_* settings)")
+    group.addoption("--bench-target", default=None,
+                    help="local (default) | vm | url; or SLM_CONFORMANCE_TARGET / the config file's target")
     group.addoption("--save-baseline", action="store_true", help="write this run as benchmarks/baseline.json")
     group.addoption("--rounds", type=int, default=5, help="interleaved A/B rounds and single-stream rounds")
 
 
 RESULTS = pytest.StashKey[dict]()
 ITL = pytest.StashKey[list]()
+SETTINGS = pytest.StashKey[Settings]()
+GATE_ROWS = pytest.StashKey[list]()  # the regression gate's table, for the report
 
 
 def pytest_configure(config):
-    config.stash[RESULTS] = {"target": config.getoption("--bench-target")}
+    """Target, CPU models and url settings resolved once, by the conformance settings."""
+    settings = Settings.load(defaults={"target": "local"}, target=config.getoption("--bench-target"))
+    config.stash[SETTINGS] = settings
+    config.stash[RESULTS] = {"target": settings.target}
     config.stash[ITL] = []
+    config.stash[GATE_ROWS] = []
+
+
+@pytest.fixture(scope="session")
+def gate_rows(request) -> list:
+    return request.config.stash[GATE_ROWS]
+
+
+@pytest.fixture(scope="session")
+def settings(request) -> Settings:
+    return request.config.stash[SETTINGS]
 
 
 @pytest.fixture(scope="session")
@@ -55,9 +74,6 @@ def rounds(request) -> int:
     return request.config.getoption("--rounds")
 
 
-@pytest.fixture(scope="session")
-def target(request) -> str:
-    return request.config.getoption("--bench-target")
 
 
 @pytest.fixture(scope="session")
@@ -76,15 +92,26 @@ def engine_subset(artifacts: Path, keep: list[str], into: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def local_stack(heavy, target, results):
-    if target != "local":
-        pytest.skip(f"not applicable: needs the local target (this run: {target})")
-    artifacts = REPO / "build" / "artifacts"
-    stack = LocalStack(artifacts).start()
-    results["engine_variant"] = machine.loaded_variant(stack.engine.pid)
-    results["model_bytes"] = (artifacts / "model.gguf").stat().st_size
-    yield stack
-    stack.stop()
+def target(heavy, settings, results) -> Target:
+    """The appliance measured (local, url); the vm target is measured per CPU model (test_cpu_models)."""
+    cls = target_class(settings)
+    if cls.per_cpu_model:
+        not_applicable(f"the {settings.target} target is measured per CPU model only (test_cpu_models)")
+    appliance = cls(settings, settings.target).start()
+    with contextlib.suppress(Unsupported):
+        results["engine_variant"] = ",".join(engine_variants(appliance.engine_proc("maps"))) or "unknown"
+    yield appliance
+    appliance.stop()
+
+
+@pytest.fixture(scope="session")
+def local_stack(target, results) -> LocalStack:
+    """The rendered appliance on loopback, for what only it allows: the engine directly, variants."""
+    stack = getattr(target, "stack", None)
+    if stack is None:
+        not_applicable(f"needs the local target (this run: {target.name})")
+    results["model_bytes"] = (stack.artifacts / "model.gguf").stat().st_size
+    return stack
 
 
 def direct(stack: LocalStack) -> Endpoint:
@@ -96,12 +123,8 @@ def proxied(stack: LocalStack) -> Endpoint:
 
 
 @pytest.fixture(scope="session")
-def endpoint(target, request) -> Endpoint:
-    if target == "local":
-        return proxied(request.getfixturevalue("local_stack"))
-    if target == "url":
-        return Endpoint.of_settings(Settings.load(target="url"))
-    pytest.skip("not applicable: the vm target measures per CPU model only (test_cpu_models)")
+def endpoint(target) -> Endpoint:
+    return target.endpoint
 
 
 @pytest.fixture(scope="session")
@@ -126,13 +149,8 @@ def pytest_sessionfinish(session):
     decode = ((results.get("single") or {}).get("engine_decode_tps") or {}).get("p50")
     if decode and results.get("model_bytes"):
         results["roofline"] = machine.roofline(decode, results["model_bytes"], info["bandwidth_gbs"])
-    rows = []
+    rows = config.stash.get(GATE_ROWS, [])
     if config.getoption("--save-baseline"):
         gate.BASELINE.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    elif (baseline := gate.load_baseline()) and results["target"] == baseline.get("target"):
-        ok, rows = gate.compare(baseline, results)
-        print("\n" + gate.table(rows))
-        if not ok and session.exitstatus == 0:
-            session.exitstatus = 1
     report.write(results, rows, OUT, config.stash[ITL])
     print(f"benchmark: {OUT / 'benchmark.md'}")

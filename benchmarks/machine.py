@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance.checks import engine_variants
+from conformance.support import engine_variants
 
 
 def cpu_info() -> dict:

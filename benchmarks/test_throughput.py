@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from conformance.checks import SHORT_PROMPT
 from conformance.stack import LocalStack
+from conformance.support import engine_variants
+from conformance.targets import target_class
 
 from . import gate
-from .conftest import direct, proxied
+from .conftest import SETTINGS, direct, proxied
 from .measure import concurrent, interleaved_ratio, one_request, summarize
 
 MAX_TOKENS = 64
@@ -70,23 +73,37 @@ def test_gate_catches_injected_slowdown(local_stack, results, rounds, tmp_path):
     results["gate_negative_control"] = {"injected_ratio": injected["proxy_overhead"]["decode"]["ratio_median"]}
 
 
-@pytest.mark.parametrize("cpu_model", ["qemu64", "host"])
-def test_cpu_models(target, heavy, results, cpu_model):
-    """The offline image per CPU model. TCG emulates every instruction: emulator figures."""
-    if target != "vm":
-        pytest.skip(f"not applicable: needs the vm target (this run: {target})")
-    from conformance.checks import SHORT_PROMPT, engine_variants
-    from conformance.endpoint import Endpoint
-    from conformance.settings import Settings
-    from vm_fixtures import LibvirtPlatform
+def pytest_generate_tests(metafunc):
+    if "cpu_model" in metafunc.fixturenames:  # the conformance settings' list (SLM_CONFORMANCE_CPU_MODELS)
+        settings = metafunc.config.stash[SETTINGS]
+        metafunc.parametrize("cpu_model", settings.cpu_models)
 
-    from .conftest import REPO
 
-    platform = LibvirtPlatform()
-    platform.reap()
-    with platform.booted(REPO / Settings.load(target="vm").image, cpu_model) as vm:
-        sample = one_request(Endpoint.of_guest(vm), 8, prompt=SHORT_PROMPT)
-        variant = ",".join(engine_variants(vm.engine_proc("maps")))
-        ready = vm.ready
-    results.setdefault("cpu_models", {})[f"{cpu_model} ({vm.cpu_model})"] = {
-        **sample.as_dict(), "variant": variant, "ready_s": ready["ready_s"], "accel": vm.decision.accel}
+def test_cpu_models(settings, heavy, results, cpu_model):
+    """The offline image per CPU model. Under TCG QEMU emulates every instruction: emulator figures."""
+    cls = target_class(settings)
+    if not cls.per_cpu_model:
+        pytest.skip(f"not applicable: needs a per-CPU-model target, the vm target (this run: {settings.target})")
+    with cls.sharing(settings) as shared:
+        vm = cls(settings, cpu_model, shared)
+        vm.announce()
+        try:
+            vm.start()
+            sample = one_request(vm.endpoint, 8, prompt=SHORT_PROMPT)
+            variant = ",".join(engine_variants(vm.engine_proc("maps")))
+        finally:
+            vm.stop()
+    results.setdefault("cpu_models", {})[f"{cpu_model} ({vm.decision.cpu_mode})"] = {
+        **sample.as_dict(), "variant": variant, "ready_s": vm.instance.ready["ready_s"], "accel": vm.decision.accel}
+
+
+def test_regression_gate(results, gate_rows):
+    """Last: this run against benchmarks/baseline.json; fails naming every rule that broke."""
+    baseline = gate.load_baseline()
+    if not baseline or baseline.get("target") != results["target"]:
+        pytest.skip(f"not applicable: no baseline for the {results['target']} target")
+    ok, rows = gate.compare(baseline, results)
+    gate_rows[:] = rows
+    broken = [f"{r['metric']}: {r['current']} against {r['baseline']} (limit {r['limit']})" for r in rows
+              if r["verdict"] == "REGRESSION"]
+    assert ok, "regression:\n" + "\n".join(broken) + "\n\n" + gate.table(rows)

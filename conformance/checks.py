@@ -7,7 +7,6 @@ the negative-control tests run the same functions against deliberately broken ap
 from __future__ import annotations
 
 import base64
-import re
 import socket
 import ssl
 import statistics
@@ -188,7 +187,8 @@ def engine_unavailable(ep: Endpoint) -> dict:
 
 
 def openai_sdk(ep: Endpoint) -> dict:
-    """The official SDK streams through TLS trusting the appliance CA, with `tools` in the request."""
+    """The official SDK, trusting the appliance CA (never verify=False), streams an answer to the end,
+    with `tools` in the request as coding agents send them."""
     import openai
 
     client = openai.OpenAI(base_url=f"{ep.base_url}/v1", api_key=ep.api_key,
@@ -200,23 +200,14 @@ def openai_sdk(ep: Endpoint) -> dict:
     try:
         stream = client.chat.completions.create(model=ep.model or "default", messages=prompt,
                                                 max_tokens=max_tokens, stream=True, tools=tools)
-        pieces = [c.choices[0].delta for c in stream if c.choices]
+        choices = [c.choices[0] for c in stream if c.choices]
     except openai.APIConnectionError as err:
         raise AssertionError(f"the SDK could not connect: {err.__cause__!r}") from err
-    assert pieces, "the SDK stream yielded nothing"
-    return {"deltas": len(pieces)}
-
-
-def engine_variants(proc_maps: str) -> list[str]:
-    """The CPU variants (libggml-cpu-<tag>.so) an engine process has mapped, from /proc/<pid>/maps."""
-    return sorted(set(re.findall(r"libggml-cpu-(\w+)\.so", proc_maps)))
-
-
-def exposure_score(systemd_analyze_output: str) -> float:
-    """The overall exposure that `systemd-analyze security UNIT` prints on its last line."""
-    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", systemd_analyze_output)
-    assert match, f"no exposure level in: {systemd_analyze_output[-300:]!r}"
-    return float(match.group(1))
+    text = "".join(c.delta.content or "" for c in choices)
+    finish = choices[-1].finish_reason if choices else None
+    assert text.strip() or any(c.delta.tool_calls for c in choices), f"the SDK stream carried no answer: {choices}"
+    assert finish in ("stop", "length", "tool_calls"), f"the SDK stream ended with finish_reason {finish!r}"
+    return {"deltas": len(choices), "finish_reason": finish}
 
 
 def tls_versions(ep: Endpoint) -> dict:

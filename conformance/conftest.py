@@ -3,23 +3,23 @@
     pytest conformance --target local|vm|url --profile ci|release [--config FILE]
 
 Settings come from defaults, then the config file, then SLM_CONFORMANCE_* variables, then these
-options; the report echoes them with secrets redacted.
+options; the report echoes them with secrets redacted. The target (targets.py) is the one thing
+that knows local from vm from url; everything here asks it.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
-
 import pytest
 
-from artifacts.cache import heavy_job
-
 from .endpoint import Endpoint
+from .report import Reporter, claim_of
 from .settings import Settings
-from .stack import LocalStack
 from .support import REPO, not_applicable
+from .targets import Target, capability, target_class
+
+SETTINGS = pytest.StashKey[Settings]()
+TARGETS_STARTED = pytest.StashKey[dict]()  # column -> Target, for the report
+DEFAULT_BUDGET_S = 300
 
 
 def pytest_addoption(parser):
@@ -33,17 +33,13 @@ def pytest_configure(config):
     settings = Settings.load(config.getoption("--config"), target=config.getoption("--target"),
                              profile=config.getoption("--profile"))
     config.stash[SETTINGS] = settings
-    config.stash[DECISIONS], config.stash[SPEEDS] = {}, {}
+    config.stash[TARGETS_STARTED] = {}
     reports = REPO / settings.reports_dir
     reports.mkdir(parents=True, exist_ok=True)
     if not config.option.xmlpath:
         config.option.xmlpath = str(reports / f"junit-{settings.target}.xml")
-    config.pluginmanager.register(Reporter(settings, config.stash[DECISIONS], config.stash[SPEEDS]), "slm-reporter")
-
-
-SETTINGS = pytest.StashKey[Settings]()
-DECISIONS = pytest.StashKey[dict]()  # CPU model -> vm_fixtures.accel.Decision, for the report
-SPEEDS = pytest.StashKey[dict]()  # CPU model (or target) -> its Endpoint, whose measured speed the report shows
+    columns = target_class(settings).columns(settings)
+    config.pluginmanager.register(Reporter(settings, columns, config.stash[TARGETS_STARTED]), "slm-reporter")
 
 
 @pytest.fixture(scope="session")
@@ -52,11 +48,10 @@ def settings(request) -> Settings:
 
 
 def pytest_generate_tests(metafunc):
-    """Every check runs once per CPU model on the vm target (the report's matrix)."""
+    """Every check runs once per column: per CPU model on the vm target (the report's matrix)."""
     if "cpu_model" in metafunc.fixturenames:
         settings = metafunc.config.stash[SETTINGS]
-        models = settings.cpu_models if settings.target == "vm" else [settings.target]
-        metafunc.parametrize("cpu_model", models, scope="session")
+        metafunc.parametrize("cpu_model", target_class(settings).columns(settings), scope="session")
 
 
 def cpu_model_of(item) -> str | None:
@@ -64,23 +59,20 @@ def cpu_model_of(item) -> str | None:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The ci profile runs the whole suite on the CPU model named by ci_full_model and only the
-    boot/stream/auth core on the others (TCG makes them slow); release runs everything everywhere."""
+    """Checks marked for other targets are deselected. On a per-CPU-model target the ci profile runs
+    the whole suite on ci_full_model and the boot/stream/auth core on the others (TCG makes them
+    slow); release runs everything everywhere."""
     settings: Settings = config.stash[SETTINGS]
+    per_model = target_class(settings).per_cpu_model and settings.profile == "ci"
     keep, drop = [], []
     for item in items:
-        if settings.target != "local" and item.get_closest_marker("negative_control"):
-            drop.append(item)  # they break a local stack on purpose; the checks are the same code
-            continue
         only = item.get_closest_marker("target")
         if only and settings.target not in only.args:
-            drop.append(item)  # an image's metadata or first boot: nothing to check on a deployed one
-            continue
-        if settings.profile != "ci" or settings.target != "vm":
+            drop.append(item)  # an image's metadata, a broken local stack: nothing to do elsewhere
+        elif not per_model or item.get_closest_marker("core") or cpu_model_of(item) in (None, settings.ci_full_model):
             keep.append(item)
-            continue
-        core = item.get_closest_marker("core") is not None
-        (keep if core or cpu_model_of(item) in (None, settings.ci_full_model) else drop).append(item)
+        else:
+            drop.append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -98,17 +90,59 @@ def pytest_collection_modifyitems_destructive_last(items):
 def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"report_{report.when}", report)
+    report.slm_column = cpu_model_of(item)  # for the report's matrix: one row per claim, a column per model
+    report.slm_claim = claim_of(item, report.slm_column)
     return report
+
+
+# -- the target and what checks take from it ---------------------------------------------------
+
+@pytest.fixture(scope="session")
+def target_shared(settings):
+    """What every column's appliance shares for the run (vm: libvirt and the heavy-job lock)."""
+    with target_class(settings).sharing(settings) as shared:
+        yield shared
+
+
+@pytest.fixture(scope="session")
+def target(settings, target_shared, cpu_model, request) -> Target:
+    """One appliance per column, started once. A start that fails (a VM that does not boot) errors
+    this column's checks with the cause and leaves the other columns to run."""
+    appliance = target_class(settings)(settings, cpu_model, target_shared)
+    request.config.stash[TARGETS_STARTED][cpu_model] = appliance
+    for line in appliance.announce():  # before a start that may take minutes, or fail
+        request.config.pluginmanager.get_plugin("terminalreporter").write_line(line)
+    try:
+        yield appliance.start()
+    finally:
+        appliance.stop()
+
+
+@pytest.fixture(scope="session")
+def endpoint(target) -> Endpoint:
+    """The appliance as clients reach it; its speed is measured by the first check that sizes itself
+    (not here: a destructive check's opt-in must be asked before anything is contacted)."""
+    return target.endpoint
+
+
+@pytest.fixture(scope="session")
+def guest(target):
+    """The appliance's host: the booted VM, or a deployed appliance reached with the `ssh` setting."""
+    return capability(target.host)
+
+
+@pytest.fixture(scope="session")
+def platform(target_shared):
+    """The libvirt platform, for checks that boot images of their own (marked target("vm"))."""
+    return target_shared
 
 
 @pytest.fixture(autouse=True)
 def destructive_is_opt_in(request, settings):
     """A deployed appliance is only killed, rebooted or reconfigured when the operator says so."""
-    if request.node.get_closest_marker("destructive") and settings.target == "url" and not settings.destructive:
-        not_applicable("destructive: opt in with SLM_CONFORMANCE_DESTRUCTIVE=1 (and SLM_CONFORMANCE_SSH)")
-
-
-DEFAULT_BUDGET_S = 300
+    refusal = target_class(settings).destructive_refusal(settings)
+    if refusal and request.node.get_closest_marker("destructive"):
+        not_applicable(refusal)
 
 
 @pytest.fixture(autouse=True)
@@ -121,71 +155,13 @@ def time_budget(request):
 
 @pytest.fixture(autouse=True)
 def collect_logs_on_failure(request, settings):
+    """Every failing check that has an appliance gets its logs, through the target that owns it."""
     yield
     failed = any(getattr(getattr(request.node, f"report_{w}", None), "failed", False) for w in ("setup", "call"))
-    if failed and "guest" in request.fixturenames:
-        guest = request.getfixturevalue("guest")
-        guest.collect_logs(REPO / settings.reports_dir / "logs" / request.node.name.replace("/", "_"))
-
-
-@pytest.fixture(scope="session")
-def platform(settings):
-    if settings.target != "vm":
-        not_applicable(f"needs the vm target (this run: {settings.target})")
-    from vm_fixtures import LibvirtPlatform
-
-    with heavy_job("conformance VMs"):
-        libvirt_platform = LibvirtPlatform()
-        libvirt_platform.reap()
-        yield libvirt_platform
-
-
-@pytest.fixture(scope="session")
-def vm(settings, platform, cpu_model, request):
-    """One VM per CPU model. A boot that fails errors this model's checks with the cause (console
-    tail, domain state) and leaves the other models' VMs to run."""
-    image = REPO / settings.image
-    if not image.exists():
-        pytest.fail(f"no image at {image}: run `nox -s build` (or set SLM_CONFORMANCE_IMAGE)")
-    request.config.stash[DECISIONS][cpu_model] = platform.decision(image, cpu_model)
-    with platform.booted(image, cpu_model, logs=REPO / settings.reports_dir / "logs" / f"boot-{cpu_model}") as vm:
-        yield vm
-
-
-@pytest.fixture(scope="session")
-def guest(settings, request, cpu_model):
-    """The appliance's host: the booted VM, or a deployed appliance reached with the `ssh` setting."""
-    if settings.target == "vm":
-        return request.getfixturevalue("vm")
-    if settings.target == "url" and settings.ssh:
-        from vm_fixtures import Guest
-
-        return Guest.from_ssh(settings.ssh, settings.ssh_key, https_url=settings.url, http_url=settings.http_url,
-                              engine_url=settings.engine_url, ca_file=settings.ca_file)
-    not_applicable(f"host checks need the vm target or ssh with the url target (this run: {settings.target})")
-
-
-@pytest.fixture(scope="session")
-def local_stack(settings):
-    if settings.target != "local":
-        not_applicable(f"needs the local target (this run: {settings.target})")
-    stack = LocalStack(REPO / settings.artifacts).start()
-    yield stack
-    stack.stop()
-
-
-@pytest.fixture(scope="session")
-def endpoint(settings, request, cpu_model) -> Endpoint:
-    """The appliance as clients reach it; its speed is measured by the first check that sizes itself
-    (not here: a destructive check's opt-in must be asked before anything is contacted)."""
-    if settings.target == "vm":
-        ep = Endpoint.of_guest(request.getfixturevalue("guest"))
-    elif settings.target == "local":
-        ep = Endpoint.of_stack(request.getfixturevalue("local_stack"))
-    else:
-        ep = Endpoint.of_settings(settings)
-    request.config.stash[SPEEDS][cpu_model] = ep
-    return ep
+    column = cpu_model_of(request.node)
+    appliance = request.config.stash[TARGETS_STARTED].get(column)
+    if failed and appliance is not None and appliance.endpoint is not None:  # started: it has logs
+        appliance.collect_logs(REPO / settings.reports_dir / "logs" / request.node.name.replace("/", "_"))
 
 
 @pytest.fixture(scope="session")
@@ -195,10 +171,9 @@ def native_references(settings, endpoint) -> dict:
     from . import equivalence
 
     artifacts = REPO / settings.artifacts
-    facts = dict(line.split("=", 1) for line in (artifacts / "model.env").read_text().split()) \
-        if (artifacts / "model.env").exists() else {}
-    if not facts:
+    if not (artifacts / "model.env").exists():
         not_applicable(f"no engine build and model in {artifacts}: run `nox -s artifacts`")
+    facts = dict(line.split("=", 1) for line in (artifacts / "model.env").read_text().split())
     with endpoint.client() as client:
         served = [m["id"] for m in client.get("/v1/models").json()["data"]]
     if facts["MODEL_ID"] not in served:
@@ -207,40 +182,13 @@ def native_references(settings, endpoint) -> dict:
 
 
 @pytest.fixture(scope="session")
-def served_variant(settings, request, cpu_model) -> str:
+def served_variant(target) -> str:
     """The engine CPU variant (libggml-cpu-<variant>.so) that serves, read from the engine's memory map."""
-    from .checks import engine_variants
+    from .support import engine_variants
 
-    if settings.target == "local":
-        maps = (Path("/proc") / str(request.getfixturevalue("local_stack").engine.pid) / "maps").read_text()
-    elif settings.target == "vm" or settings.ssh:
-        maps = request.getfixturevalue("guest").engine_proc("maps")
-    else:
-        not_applicable("the serving CPU variant is read on the host: set ssh (SLM_CONFORMANCE_SSH)")
-    variants = engine_variants(maps)
+    variants = engine_variants(capability(lambda: target.engine_proc("maps")))
     assert len(variants) == 1, f"the engine has mapped {variants}"
     return variants[0]
-
-
-class EngineControl:
-    """Stop and start the engine behind the front, whatever the target."""
-
-    def __init__(self, stop, start):
-        self.stop, self.start = stop, start
-
-
-@pytest.fixture
-def engine_control(settings, request, endpoint):
-    if settings.target == "local":
-        stack = request.getfixturevalue("local_stack")
-        return EngineControl(stack.stop_engine, stack.start_engine)
-    guest = request.getfixturevalue("guest")
-
-    def start():
-        guest.execute("systemctl start slm-copilot-engine")
-        endpoint.wait_serving(timeout=600)
-
-    return EngineControl(lambda: guest.execute("systemctl stop slm-copilot-engine"), start)
 
 
 @pytest.fixture
@@ -250,101 +198,3 @@ def record(request):
         for key, value in (figures or {}).items():
             request.node.user_properties.append((key, value))
     return _record
-
-
-class Reporter:
-    """Collects each check's outcome and figures; writes JSON and Markdown at the end."""
-
-    def __init__(self, settings: Settings, decisions: dict, speeds: dict):
-        self.settings, self.decisions, self.speeds = settings, decisions, speeds
-        self.results: list[dict] = []
-        self.started = time.time()
-
-    def pytest_runtest_logreport(self, report):
-        if report.when != "call" and report.outcome == "passed":
-            return
-        reason = ""
-        if report.skipped and isinstance(report.longrepr, tuple):
-            reason = report.longrepr[-1]
-        elif report.failed:  # the exception's own first line: the assertion, or a boot's cause
-            crash = getattr(report.longrepr, "reprcrash", None)
-            reason = (crash.message if crash else report.longreprtext or "").strip().splitlines()[0][:500]
-        # pass / fail / skip, and error where the machinery failed (a fixture: a VM that did not boot)
-        outcome = "error" if report.failed and report.when != "call" else report.outcome
-        self.results.append({"check": report.nodeid, "phase": report.when, "outcome": outcome,
-                             "seconds": round(report.duration, 2), "figures": dict(report.user_properties),
-                             "reason": reason})
-
-    def matrix(self) -> list[str]:
-        """check x CPU model (or target): what release engineers read first."""
-        cells: dict[str, dict[str, str]] = {}
-        columns: list[str] = []
-        models = self.settings.cpu_models if self.settings.target == "vm" else [self.settings.target]
-        for r in self.results:
-            test = r["check"].split("::", 1)[-1]
-            check, _, column = test.partition("[")
-            column = column.rstrip("]")
-            if column not in models:
-                check, column = test, "-"
-            if column not in columns:
-                columns.append(column)
-            mark = {"passed": "pass", "failed": "**FAIL**", "error": "**ERROR**", "skipped": "n/a"}[r["outcome"]]
-            cells.setdefault(check, {})[column] = mark
-        lines = ["| check | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-        lines += [f"| {check} | " + " | ".join(row.get(c, "") for c in columns) + " |" for check, row in cells.items()]
-        return lines
-
-    def measured_speeds(self) -> dict:
-        return {model: ep.measured_speed for model, ep in self.speeds.items() if ep.measured_speed}
-
-    def context_lines(self) -> list[str]:
-        lines = []
-        image = REPO / self.settings.image
-        manifest = image.parent / "manifest.json"
-        if self.settings.target == "vm" and manifest.exists():
-            m = json.loads(manifest.read_text())
-            lines.append(f"Image `{image.name}` sha256 `{m['image']['sha256']}`, appliance "
-                         f"{m['appliance']['version']}, engine {' '.join(m['artifacts']['engine']['version'])}.")
-        if self.decisions:
-            host = next(iter(self.decisions.values())).host
-            lines += [f"Host: {host.get('cpu')}; KVM modules: {', '.join(host.get('kvm_modules', [])) or 'none'}; "
-                      f"/dev/kvm: {host.get('kvm_device')}; {host.get('qemu')}.", "", "Accelerator per CPU model:"]
-            lines += [f"- {d.line()}" for d in self.decisions.values()]
-            lines.append("")
-        speeds = self.measured_speeds()
-        if speeds:
-            lines.append("Measured speed (engine ms per prompt / generated token; checks size themselves by it):")
-            lines += [f"- {model}: {s.prompt_ms:.1f} / {s.decode_ms:.1f}" for model, s in speeds.items()]
-            lines.append("")
-        for r in self.results:
-            figures, test = r["figures"], r["check"].split("::", 1)[-1]
-            if "variant" in figures and "cpu_flags" in figures:
-                lines.append(f"- `{test}`: engine CPU variant `{figures['variant']}` (flags: {figures['cpu_flags']})")
-            if "ready_s" in figures and "boot_s" in figures and "boot_reaches_ready" in test:
-                lines.append(f"- `{test}`: SSH after {figures['boot_s']} s, ready after {figures['ready_s']} s")
-        return lines
-
-    def pytest_sessionfinish(self, session):
-        skipped = [r for r in self.results if r["outcome"] == "skipped"]
-        if self.settings.profile == "release" and skipped and session.exitstatus == 0:
-            session.exitstatus = 1  # a release is certified only with every check run
-        reports = REPO / self.settings.reports_dir
-        verdict = "pass" if session.exitstatus == 0 else "fail"
-        doc = {"settings": self.settings.redacted(), "started": self.started,
-               "accelerators": {model: d.as_dict() for model, d in self.decisions.items()},
-               "speeds": {model: s.as_dict() for model, s in self.measured_speeds().items()},
-               "seconds": round(time.time() - self.started, 1), "verdict": verdict, "results": self.results}
-        name = self.settings.target
-        (reports / f"results-{name}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-        lines = [f"# SLM-Copilot conformance: target `{name}`, profile `{self.settings.profile}`: **{verdict}**",
-                 "", *self.context_lines(), "", *self.matrix(), "", "## Figures", "",
-                 "| check | outcome | s | budget s | figures |", "|---|---|---|---|---|"]
-        for r in self.results:
-            shown = {k: v for k, v in r["figures"].items() if k != "budget_s"}
-            figures = ", ".join(f"{k}={v}" for k, v in shown.items()) or r["reason"]
-            budget = r["figures"].get("budget_s", "")
-            over = " **over**" if budget and r["seconds"] > budget else ""
-            lines.append(f"| `{r['check'].split('::', 1)[-1]}` | {r['outcome']} | {r['seconds']} | {budget}{over} "
-                         f"| {figures} |")
-        lines += ["", "Settings (secrets redacted):", "", "```json", json.dumps(doc["settings"], indent=1), "```", ""]
-        (reports / f"summary-{name}.md").write_text("\n".join(lines))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import time
@@ -9,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from vm_fixtures.util import wait_until
 
 TIMEOUT = httpx.Timeout(connect=10, read=600, write=30, pool=10)
 FULL_SIZE_S = 20  # a check asks for its full-size request only where the measured speed serves it in this
@@ -49,7 +52,7 @@ class Endpoint:
     @classmethod
     def of_guest(cls, guest) -> Endpoint:
         """The appliance on a vm_fixtures Guest as a client reaches it, with its current key."""
-        return cls(guest.https_url, guest.read_file("/var/lib/slm-copilot/api_key").strip(), guest.trusted_ca(),
+        return cls(guest.https_url, guest.api_key(), guest.trusted_ca(),
                    http_url=guest.http_url)
 
     @classmethod
@@ -74,15 +77,17 @@ class Endpoint:
     def wait_serving(self, timeout: float, interval: float = 1.0) -> float:
         """Seconds until an authenticated /v1/models answers 200; AssertionError after `timeout`."""
         start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            try:
-                with self.client() as client:
-                    if client.get("/v1/models").status_code == 200:
-                        return time.monotonic() - start
-            except httpx.HTTPError:
-                pass
-            time.sleep(interval)
-        raise AssertionError(f"{self.base_url} did not serve within {timeout}s")
+
+        def serving() -> bool:
+            with contextlib.suppress(httpx.HTTPError), self.client() as client:
+                return client.get("/v1/models").status_code == 200
+            return False
+
+        try:
+            wait_until(serving, timeout, interval, what=f"{self.base_url} serving")
+        except TimeoutError as err:
+            raise AssertionError(str(err)) from None
+        return time.monotonic() - start
 
     @property
     def speed(self) -> Speed:

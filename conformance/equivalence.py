@@ -10,17 +10,15 @@ chat template moves them far beyond rounding.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from vm_fixtures.net import free_port
+from vm_fixtures.util import free_port, wait_healthy
 
 VARIANTS = ("x64", "sse42", "haswell", "skylakex")  # what the engine build ships, baseline first
 # What each variant needs of the CPU (ggml's own score functions ask for these, /proc/cpuinfo names).
@@ -134,16 +132,9 @@ class ReferenceEngine:
             [self.workdir / "llama-server", "-m", self.model, "--host", "127.0.0.1", "--port", str(self.port),
              "-t", "1", "-c", "1024", "-np", "1", "--jinja", "-lv", "3"], stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"reference engine ({self.variant}) exited {self.proc.returncode}: "
-                                   f"{(self.workdir / 'engine.log').read_text(errors='replace')[-1500:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.2)
-        raise RuntimeError(f"reference engine ({self.variant}) not healthy after {timeout}s")
+        wait_healthy(self.proc, f"{self.base_url}/health", timeout, f"reference engine ({self.variant})",
+                     lambda: (self.workdir / "engine.log").read_text(errors="replace"))
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

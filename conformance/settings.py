@@ -33,8 +33,10 @@ class Settings:
     reports_dir: str = "reports"
 
     @classmethod
-    def load(cls, config_file: str | None = None, **overrides) -> Settings:
-        values: dict = {}
+    def load(cls, config_file: str | None = None, defaults: dict | None = None, **overrides) -> Settings:
+        """`defaults` replace the class's own (a caller with another natural default, e.g. the
+        benchmarks' local target); the file, the environment and `overrides` still win over them."""
+        values: dict = dict(defaults or {})
         path = config_file or os.environ.get("SLM_CONFORMANCE_CONFIG")
         if path:
             values.update(tomllib.loads(Path(path).read_text()).get("conformance", {}))

@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from vm_fixtures.layout import layout
+from vm_fixtures.util import free_port, wait_healthy, wait_until
 
-from vm_fixtures.net import free_port
+from .support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 SERVICE = REPO / "appliance" / "service.sh"
 NJS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"
 
@@ -42,7 +42,7 @@ class LocalStack:
     def __post_init__(self):
         if self.root is None:
             self.root = Path(tempfile.mkdtemp(prefix="slm-local-"))
-        app = self.root / "opt" / "slm-copilot"
+        app = self.path(layout().app_dir)
         (app / "models").mkdir(parents=True, exist_ok=True)
         for name, target in (("engine", self.artifacts / "engine"), ("model.env", self.artifacts / "model.env"),
                              ("models/model.gguf", self.artifacts / "model.gguf")):
@@ -72,41 +72,33 @@ class LocalStack:
 
     @property
     def api_key(self) -> str:
-        return self.path("/var/lib/slm-copilot/api_key").read_text()
+        return self.path(layout().api_key).read_text()
 
     @property
     def ca_file(self) -> Path:
-        return self.path("/var/lib/slm-copilot/tls/ca.crt")
+        return self.path(layout().ca_cert)
 
     @property
     def base_url(self) -> str:
         return f"https://127.0.0.1:{self.ports['https']}"
 
     def engine_args(self) -> list[str]:
-        env_file = self.path("/etc/slm-copilot/engine.env").read_text()
+        env_file = self.path(f"{layout().conf_dir}/engine.env").read_text()
         line = next(x for x in env_file.splitlines() if x.startswith("SLM_ENGINE_ARGS="))
         args = shlex.split(shlex.split(line.partition("=")[2])[0])
-        return [str(self.path("/opt/slm-copilot/engine/llama-server")), *args,
-                "--api-key-file", str(self.path("/var/lib/slm-copilot/api_key"))]
+        return [str(self.path(layout().engine_binary)), *args,
+                "--api-key-file", str(self.path(layout().api_key))]
 
     # -- processes ------------------------------------------------------------------------------
     def start_engine(self, timeout: float = 120) -> None:
-        log = open(self.path("/var/log/slm-copilot/engine.log"), "ab")  # noqa: SIM115 (owned by Popen)
+        log = open(self.path(f"{layout().log_dir}/engine.log"), "ab")  # noqa: SIM115 (owned by Popen)
         self.engine = subprocess.Popen(self.engine_args(), stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True)
-        url = f"http://127.0.0.1:{self.ports['engine']}/health"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.engine.poll() is not None:
-                raise StackError(f"llama-server exited with {self.engine.returncode}: {self.engine_log()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise StackError(f"llama-server not healthy after {timeout}s")
+        wait_healthy(self.engine, f"http://127.0.0.1:{self.ports['engine']}/health", timeout, "llama-server",
+                     self.engine_log)
 
     def engine_log(self) -> str:
-        return self.path("/var/log/slm-copilot/engine.log").read_text(errors="replace")
+        return self.path(f"{layout().log_dir}/engine.log").read_text(errors="replace")
 
     def main_conf(self) -> Path:
         conf = self.path("/etc/nginx-local/nginx.conf")
@@ -118,11 +110,11 @@ class LocalStack:
             f"{'user root;' if os.geteuid() == 0 else ''}\n"
             "worker_processes 1;\n"
             f"pid {tmp}/nginx.pid;\n"
-            f"error_log {self.path('/var/log/slm-copilot/nginx-main.log')} warn;\n"
+            f"error_log {self.path(f'{layout().log_dir}/nginx-main.log')} warn;\n"
             "events { worker_connections 256; }\n"
             "http {\n"
             + "".join(f"  {k}_temp_path {tmp}/{k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-            + f"  include {self.path('/etc/slm-copilot/nginx.conf')};\n}}\n"
+            + f"  include {self.path(f'{layout().conf_dir}/nginx.conf')};\n}}\n"
         )
         return conf
 
@@ -133,14 +125,15 @@ class LocalStack:
     def start_nginx(self, timeout: float = 20) -> None:
         self.nginx = subprocess.Popen(["nginx", "-c", str(self.main_conf()), "-g", "daemon off;"],
                                       stderr=subprocess.PIPE, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def listening() -> bool:
             if self.nginx.poll() is not None:
                 raise StackError(f"nginx exited: {self.nginx.stderr.read().decode(errors='replace')}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.ports["https"]), 1):
-                return
-            time.sleep(0.1)
-        raise StackError("nginx did not listen in time")
+                return True
+            return False
+
+        wait_until(listening, timeout, interval=0.1, what="nginx listening")
 
     def reload_nginx(self) -> None:
         self.nginx.send_signal(signal.SIGHUP)

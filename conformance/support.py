@@ -1,8 +1,14 @@
-"""Small helpers shared by the suite's fixtures and checks."""
+"""Small helpers shared by the suite's fixtures, checks and the benchmarks (no libvirt, no pytest
+fixtures): where the checkout is and parsers of what the appliance's host prints."""
 
+from __future__ import annotations
+
+import re
 from pathlib import Path
 
 import pytest
+
+from vm_fixtures.util import free_port, wait_until  # noqa: F401 (re-exported for the suite)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -10,3 +16,15 @@ REPO = Path(__file__).resolve().parent.parent
 def not_applicable(reason: str):
     """A check the target cannot run is reported as such (and fails the release profile)."""
     pytest.skip(f"not applicable: {reason}")
+
+
+def engine_variants(proc_maps: str) -> list[str]:
+    """The CPU variants (libggml-cpu-<tag>.so) an engine process has mapped, from /proc/<pid>/maps."""
+    return sorted(set(re.findall(r"libggml-cpu-(\w+)\.so", proc_maps)))
+
+
+def exposure_score(systemd_analyze_output: str) -> float:
+    """The overall exposure that `systemd-analyze security UNIT` prints on its last line."""
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", systemd_analyze_output)
+    assert match, f"no exposure level in: {systemd_analyze_output[-300:]!r}"
+    return float(match.group(1))

@@ -3,6 +3,7 @@
 import pytest
 
 from . import checks
+from .targets import capability
 
 
 @pytest.mark.core
@@ -27,7 +28,7 @@ def test_cors_preflight(endpoint, record):
     record(checks.cors_preflight(endpoint))
 
 
-def test_openai_sdk_streams_with_tools(endpoint, record):
+def test_openai_sdk_streams_trusting_the_appliance_ca(endpoint, record):
     record(checks.openai_sdk(endpoint))
 
 
@@ -40,12 +41,12 @@ def test_http_redirects_to_https(endpoint, record):
 
 
 @pytest.mark.destructive
-def test_503_with_retry_after_while_engine_down(engine_control, endpoint, record):
-    engine_control.stop()
+def test_503_with_retry_after_while_engine_down(target, endpoint, record):
+    capability(target.stop_engine)
     try:
         record(checks.engine_unavailable(endpoint))
     finally:
-        engine_control.start()
+        target.start_engine()
 
 
 def test_tls_legacy_versions_refused(endpoint, record):

@@ -14,6 +14,10 @@ import pytest
 from . import checks
 from .endpoint import Endpoint
 from .stack import LocalStack
+from .support import REPO
+
+# They break a local stack on purpose; the checks they prove are the same code every target runs.
+pytestmark = pytest.mark.target("local")
 
 
 @dataclass
@@ -61,10 +65,10 @@ DEFECTS = {
 
 @pytest.mark.negative_control
 @pytest.mark.parametrize("name", sorted(DEFECTS))
-def test_negative_control(settings, local_stack, endpoint, name, tmp_path, record):
+def test_negative_control(settings, endpoint, name, tmp_path, record):
     defect = DEFECTS[name]
     context = foreign_certificate(tmp_path) if defect.context.get("foreign_cert") else dict(defect.context)
-    stack = LocalStack(local_stack.artifacts, context=context)
+    stack = LocalStack(REPO / settings.artifacts, context=context)
     stack.configure()
     if defect.conf:
         path = stack.path(f"/etc/slm-copilot/{defect.conf}")
@@ -88,7 +92,6 @@ def test_equivalence_check_catches_a_perturbed_model(settings, native_references
     """The same engine and variant serving the model with one norm scaled by 2% (written with the
     gguf package): the equivalence check must fail on it."""
     from .equivalence import ReferenceEngine, assert_equivalent, host_variants, perturbed_model, profile
-    from .support import REPO
 
     artifacts = REPO / settings.artifacts
     variant = host_variants()[-1]

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from conformance.support import REPO
+
 ARTIFACTS = REPO / "build" / "artifacts"
 
 

@@ -7,6 +7,7 @@ import hashlib
 import re
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conformance.stack import LocalStack
-
-REPO = Path(__file__).resolve().parent.parent
+from conformance.support import REPO
 
 
 def snapshot(stack: LocalStack) -> dict[str, str]:
@@ -208,3 +208,23 @@ def test_shell_metacharacters_are_never_executed(stack, tmp_path, variable, temp
     out = stack.configure(check=False)
     assert not marker.exists(), f"{variable} value was executed"
     assert out.returncode != 0 and variable in out.stdout, f"{variable}={template!r} was accepted"
+
+
+def test_a_stage_waits_for_the_one_running(stack):
+    """A context hook re-run while the boot-time stage runs must not render under it: with the lock
+    held, configure waits (here for 1 s) and then gives up, saying so, without touching anything."""
+    stack.configure()
+    before = stack.path("/etc/slm-copilot/engine.env").read_text()
+    lock = stack.path("/run/one-appliance/stage.lock")
+    holder = subprocess.Popen(["flock", lock, "sleep", "30"])
+    try:
+        time.sleep(0.5)
+        stack.context = {"ONEAPP_SLM_CONTEXT_SIZE": "1024", "ONE_SERVICE_LOCK_WAIT": "1"}
+        out = stack.configure(check=False)
+    finally:
+        holder.kill()
+    assert out.returncode != 0 and "Another stage still holds" in out.stdout, out.stdout[-400:]
+    assert stack.path("/etc/slm-copilot/engine.env").read_text() == before
+    stack.context = {"ONEAPP_SLM_CONTEXT_SIZE": "1024"}
+    stack.configure()  # the lock released: the same run goes through
+    assert "SLM_CTX=1024" in stack.path("/etc/slm-copilot/engine.env").read_text()

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from conformance.settings import Settings
+from conformance.support import REPO
 from vm_fixtures import Guest
-
-REPO = Path(__file__).resolve().parent.parent
 
 URL_ENV = {"SLM_CONFORMANCE_TARGET": "url", "SLM_CONFORMANCE_URL": "https://10.0.0.5",
            "SLM_CONFORMANCE_API_KEY": "sk-secret-value"}
@@ -80,5 +79,5 @@ def test_destructive_checks_wait_for_the_operators_opt_in(tmp_path):
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     results = json.loads((tmp_path / "results-url.json").read_text())["results"]
     assert run.returncode == 0, run.stdout[-2000:]
-    assert len(results) == 6 and {r["outcome"] for r in results} == {"skipped"}
+    assert len(results) == 8 and {r["outcome"] for r in results} == {"skipped"}
     assert all("opt in with SLM_CONFORMANCE_DESTRUCTIVE=1" in r["reason"] for r in results)

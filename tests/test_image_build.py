@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from conformance.support import REPO
 from vm_fixtures.context_iso import context_sh
 
-REPO = Path(__file__).resolve().parent.parent
 AGENT = REPO / "packer" / "context" / "slm-context"
 
 

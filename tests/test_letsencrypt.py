@@ -11,13 +11,11 @@ import socket
 import ssl
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from conformance.stack import LocalStack, free_port
-
-REPO = Path(__file__).resolve().parent.parent
+from conformance.support import REPO
 
 
 def appliance_function(stack: LocalStack, call: str, extra_env: dict) -> subprocess.CompletedProcess:

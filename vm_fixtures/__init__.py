@@ -1,7 +1,7 @@
 """Appliance hosts for the conformance suite, cloud-init style: a Guest reached over SSH
 (`execute`, `restart`, `power_cycle`, `reconfigure`) and the libvirt platform that boots images
 into Instances (`launch`, `booted`, `destroy`). Imported lazily: the local target and the unit
-tests use `vm_fixtures.net` without libvirt."""
+tests use `vm_fixtures.util` without libvirt."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ KVM but libvirt checks: an Intel host refuses such a domain outright unless it i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -24,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
+
+from .util import wait_until
 
 PROBE_SECONDS = 45  # a working KVM reaches init in 2-5 s from power-on; kvm_pvm never gets there
 # Lines the kernel prints once its own start-up is done (and early boot code, where PVM stalls, is behind).
@@ -77,12 +80,15 @@ def boot_probe(image: Path, qemu_cpu: str, seconds: float = PROBE_SECONDS) -> Bo
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     os.set_blocking(proc.stdout.fileno(), False)
     console = b""
+
+    def kernel_started_or_qemu_gone() -> bool:
+        nonlocal console
+        console += proc.stdout.read() or b""
+        return any(line.encode() in console for line in KERNEL_STARTED) or proc.poll() is not None
+
     try:
-        while time.monotonic() - started < seconds and proc.poll() is None:
-            console += proc.stdout.read() or b""
-            if any(line.encode() in console for line in KERNEL_STARTED):
-                break
-            time.sleep(0.2)
+        with contextlib.suppress(TimeoutError):
+            wait_until(kernel_started_or_qemu_gone, seconds, interval=0.2)
     finally:
         proc.kill()
         os.set_blocking(proc.stdout.fileno(), True)

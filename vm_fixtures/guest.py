@@ -17,7 +17,9 @@ from pathlib import Path
 
 import httpx
 
-ENGINE_PORT = 8081  # the appliance's SLM_ENGINE_PORT: loopback only, never reachable from outside
+from .layout import layout
+from .util import wait_until
+
 CONTEXT_HOOK = "/etc/one-context.d/net-90-service-appliance"
 CONTEXT_ENV = "/run/one-context/one_env"  # written by one-context and by the offline agent alike
 
@@ -40,7 +42,7 @@ class Guest:
         self.https_url = (https_url or f"https://{host}").rstrip("/")
         web_host = httpx.URL(self.https_url).host
         self.http_url = (http_url or f"http://{web_host}").rstrip("/")  # port 80: redirects and ACME
-        self.engine_url = (engine_url or f"http://{web_host}:{ENGINE_PORT}").rstrip("/")
+        self.engine_url = (engine_url or f"http://{web_host}:{layout().engine_port}").rstrip("/")
         self._ca_file = ca_file
         self.context: dict[str, str] = {}
         self.boot_id: str | None = None
@@ -84,6 +86,9 @@ class Guest:
     def read_file(self, path: str) -> str:
         return self.execute(f"cat {path}").stdout
 
+    def api_key(self) -> str:
+        return self.read_file(layout().api_key).strip()
+
     def engine_proc(self, name: str) -> str:
         """/proc/<engine pid>/<name> (maps: its CPU variant; status: its memory)."""
         return self.read_file(f"/proc/$(pidof llama-server)/{name}")
@@ -118,39 +123,51 @@ class Guest:
         return self._context_unit or "slm-context.service"
 
     def wait_boot(self, timeout: float = 900) -> float:
-        """Until SSH answers with a boot_id other than the last one seen."""
+        """Until SSH answers with a boot_id other than the last one seen; at once if the boot failed."""
         start = time.monotonic()
-        while time.monotonic() - start < timeout:
+
+        def new_boot() -> bool:
             failure = self.boot_failure()  # first: an SSH try on a dead guest costs up to 20 s
             if failure:
                 raise GuestError(f"{self.name}: boot failed, {failure}")
             boot_id = self.current_boot_id()
             if boot_id and boot_id != self.boot_id:
                 self.boot_id = boot_id
-                return time.monotonic() - start
-            time.sleep(3)
-        raise GuestError(f"{self.name}: no SSH with a new boot_id after {timeout}s")
+                return True
+            return False
+
+        try:
+            wait_until(new_boot, timeout, interval=3)
+        except TimeoutError:
+            raise GuestError(f"{self.name}: no SSH with a new boot_id after {timeout}s") from None
+        return time.monotonic() - start
 
     def wait_ready(self, timeout: float = 1800) -> dict:
         """Until the context agent has run and the appliance answers /health through TLS."""
         start = time.monotonic()
         self.wait_boot(timeout)
         booted = time.monotonic() - start
-        status = ""
-        while time.monotonic() - start < timeout:
+        status = {"now": ""}
+
+        def serving() -> bool:
             out = self.execute(f"systemctl is-active {self.context_unit}; cat /etc/one-appliance/status",
                                timeout=30, check=False).stdout.split()
-            status = out[-1] if out else ""
+            status["now"] = out[-1] if out else ""
             agent_done = out and out[0] in ("active", "failed")
-            if agent_done and status != "bootstrap_success":
-                raise GuestError(f"{self.name}: appliance status {status!r} after the context agent ran")
+            if agent_done and status["now"] != "bootstrap_success":
+                raise GuestError(f"{self.name}: appliance status {status['now']!r} after the context agent ran")
             if agent_done and self.health() == 200:
-                return {"boot_s": round(booted, 1), "ready_s": round(time.monotonic() - start, 1)}
+                return True
             failure = self.boot_failure()
             if failure:
                 raise GuestError(f"{self.name}: boot failed after SSH came up, {failure}")
-            time.sleep(5)
-        raise GuestError(f"{self.name}: not ready after {timeout}s (status {status!r})")
+            return False
+
+        try:
+            wait_until(serving, max(1.0, timeout - booted), interval=5)
+        except TimeoutError:
+            raise GuestError(f"{self.name}: not ready after {timeout}s (status {status['now']!r})") from None
+        return {"boot_s": round(booted, 1), "ready_s": round(time.monotonic() - start, 1)}
 
     def health(self) -> int | None:
         with contextlib.suppress(httpx.HTTPError):
@@ -194,8 +211,8 @@ class Guest:
         commands = {
             "journal.txt": "journalctl -b --no-pager",
             "appliance-logs.txt": "tail -n 200 /var/log/one-appliance/*.log /etc/one-appliance/status",
-            "nginx.txt": "tail -n 200 /var/log/slm-copilot/*.log",
-            "engine.txt": "journalctl -b -u slm-copilot-engine --no-pager",
+            "nginx.txt": f"tail -n 200 {layout().log_dir}/*.log",
+            "engine.txt": f"journalctl -b -u {layout().engine_unit} --no-pager",
         }
         for name, command in commands.items():
             with contextlib.suppress(GuestError):

@@ -6,10 +6,11 @@ import contextlib
 import grp
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import libvirt
+
+from .util import wait_until
 
 URI = "qemu:///system"
 
@@ -27,10 +28,11 @@ def ensure_daemons() -> None:
     for daemon in ("virtlogd", "libvirtd"):
         if subprocess.run(["pgrep", "-x", daemon], capture_output=True).returncode != 0:
             subprocess.run([daemon, "-d"], check=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         with contextlib.suppress(libvirt.libvirtError):
             libvirt.open(URI).close()
-            return
-        time.sleep(0.5)
-    raise RuntimeError("libvirtd did not answer on qemu:///system")
+            return True
+        return False
+
+    wait_until(answers, 30, interval=0.5, what="libvirtd on qemu:///system")

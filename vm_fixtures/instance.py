@@ -18,8 +18,9 @@ import libvirt
 
 from . import accel, host
 from .context_iso import build_iso
-from .guest import ENGINE_PORT, Guest, GuestError
-from .net import free_port
+from .guest import Guest, GuestError
+from .layout import layout
+from .util import free_port
 
 NAME_PREFIX = "slm-conf-"
 WORK_ROOT = Path("/var/tmp/slm-vms")
@@ -87,7 +88,7 @@ class Instance(Guest):
     def trusted_ca(self) -> Path:
         """The appliance's private CA, fetched as a client would get it from the report."""
         ca = self.workdir / "ca.crt"
-        ca.write_text(self.read_file("/var/lib/slm-copilot/tls/ca.crt"))
+        ca.write_text(self.read_file(layout().ca_cert))
         return ca
 
     def console(self, since: int = 0) -> str:
@@ -235,7 +236,7 @@ class LibvirtPlatform:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
         iso = build_iso(with_ssh_key(context, key), workdir / "context.iso")
         # "engine" reaches the guest's own address at the engine port: it must be refused there.
-        guest_ports = {"ssh": 22, "https": 443, "http": 80, "engine": ENGINE_PORT}
+        guest_ports = {"ssh": 22, "https": 443, "http": 80, "engine": layout().engine_port}
         ports = {k: free_port() for k in guest_ports}
         forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{ports[k]}-:{guest}" for k, guest in guest_ports.items())
         xml = DOMAIN_XML.format(domain_type=decision.domain_type, name=name, memory=memory_mib,

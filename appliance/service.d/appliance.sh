@@ -61,6 +61,10 @@ SLM_ACME_WEBROOT="${SLM_ROOT}/var/www/slm-copilot-acme"
 SLM_REPORT="${SLM_ROOT}/etc/one-appliance/config"
 SLM_MOTD="${SLM_ROOT}/etc/motd"
 SLM_NGINX_SITE="${SLM_ROOT}/etc/nginx/conf.d/slm-copilot.conf"
+SLM_API_KEY_FILE="${SLM_STATE_DIR}/api_key"
+SLM_CA_CERT="${SLM_TLS_DIR}/ca.crt"
+SLM_ENGINE_UNIT=slm-copilot-engine
+SLM_NGINX_FILES=(nginx.conf protected.conf proxy.conf headers.conf)  # rendered from templates/
 SLM_ENGINE_PORT="${SLM_ENGINE_PORT:-8081}"
 SLM_HTTPS_PORT="${SLM_HTTPS_PORT:-443}"
 SLM_HTTP_PORT="${SLM_HTTP_PORT:-80}"
@@ -80,6 +84,17 @@ SLM_GENERATED_FILES=(
     /var/lib/slm-copilot/tls/active.crt /var/lib/slm-copilot/tls/active.key
     /etc/one-appliance/config /etc/motd
 )
+# The generated files only root may read (the conformance suite checks their modes).
+SLM_SECRET_FILES=(
+    /var/lib/slm-copilot/api_key /etc/one-appliance/config /etc/slm-copilot/secret.conf
+    /var/lib/slm-copilot/tls/ca.key /var/lib/slm-copilot/tls/server.key
+)
+
+# Distribution packages the appliance needs (install fetches what the image lacks).
+SLM_PACKAGES=(nginx-light libnginx-mod-http-js openssl curl gettext-base libgomp1 certbot)
+SLM_ERRORS=()  # what configure's validation rejected, one message per variable
+
+# --- stages (one-apps order): install at image build, configure and bootstrap on every boot ----
 
 service_help() {
     echo "${ONE_SERVICE_NAME} ${ONE_SERVICE_VERSION}"
@@ -91,10 +106,6 @@ service_help() {
         printf '  %-26s %s\n' "${ONE_SERVICE_PARAMS[i]}" "${ONE_SERVICE_PARAMS[i + 2]}"
     done
 }
-
-# --- install (image build time; no network: artifacts are staged in SLM_STAGE) -------------
-
-SLM_PACKAGES=(nginx-light libnginx-mod-http-js openssl curl gettext-base libgomp1 certbot)
 
 service_install() {
     local stage="${SLM_STAGE:-/opt/slm-copilot-stage}" pkg missing=()
@@ -127,9 +138,67 @@ service_install() {
     msg info "Installed engine and model ${MODEL_ID}"
 }
 
-# --- configure (every boot): validate, render, swap in; a rejection changes nothing -------
+service_configure() {
+    SLM_ERRORS=()
+    if ! validate; then
+        report_failure
+        return 1
+    fi
+    rm -f "${SLM_REPORT}.rejected"
+    install -d -m 0755 "$SLM_LOG_DIR" "$SLM_ACME_WEBROOT" "$(dirname "$SLM_REPORT")"
+    install -d -m 0700 "$SLM_STATE_DIR" "$SLM_TLS_DIR"
 
-SLM_ERRORS=()
+    if [ -n "$ONEAPP_SLM_API_KEY" ]; then
+        printf '%s' "$ONEAPP_SLM_API_KEY" | write_file "$SLM_API_KEY_FILE" 0600
+    elif ! [[ "$(cat "$SLM_API_KEY_FILE" 2>/dev/null)" =~ ^sk-[A-Za-z0-9]{48}$ ]]; then
+        printf 'sk-%s' "$(gen_password 48)" | write_file "$SLM_API_KEY_FILE" 0600
+        msg info "Generated an API key (see ${SLM_REPORT})"
+    fi
+    SLM_API_KEY=$(cat "$SLM_API_KEY_FILE")
+
+    render_tls "$SLM_TLS_DIR"
+    local stage
+    stage=$(mktemp -d "${SLM_CONF_DIR}.new.XXXXXX")
+    chmod 0755 "$stage"
+    render_nginx "$stage"
+    render_engine "$stage"
+    chmod 0600 "$stage/secret.conf"
+    local f
+    for f in "${SLM_NGINX_FILES[@]}" auth.js engine.env; do chmod 0644 "$stage/$f"; done
+    if ! commit_config "$stage"; then
+        report_failure
+        return 1
+    fi
+    if [ -z "$SLM_ROOT" ]; then
+        install -d -m 0755 "$(dirname "$SLM_NGINX_SITE")"
+        ln -sfn "${SLM_CONF_DIR}/nginx.conf" "$SLM_NGINX_SITE"
+    fi
+    msg info "Configured: context ${SLM_CTX} tokens, TLS ${ONEAPP_SLM_TLS_MODE}, model ${MODEL_ID}"
+}
+
+service_bootstrap() {
+    load_model_facts
+    # shellcheck source=/dev/null  # rendered by configure from validated values only
+    . "${SLM_CONF_DIR}/engine.env"
+    systemctl restart "$SLM_ENGINE_UNIT"
+    wait_engine
+    systemctl enable -q "$SLM_ENGINE_UNIT" nginx
+    systemctl restart nginx
+    SLM_TLS_NOTE=""
+    [ "$ONEAPP_SLM_TLS_MODE" = letsencrypt ] && { try_letsencrypt || msg warning "$SLM_TLS_NOTE"; }
+    write_report
+    write_file "$SLM_MOTD" 0644 <<EOM
+SLM-Copilot ${ONE_SERVICE_VERSION}: all set and ready to serve ${MODEL_ID}
+Endpoint, API key and client settings: ${SLM_REPORT} (root only)
+EOM
+    msg info "Ready: $(sed -n 's/^endpoint = //p' "$SLM_REPORT")"
+}
+
+service_cleanup() {
+    rm -rf "${SLM_CONF_DIR}".new.* "${SLM_CONF_DIR}.last-good"
+}
+
+# --- configure's helpers: validate, render, swap in; a rejection changes nothing ---------------
 
 reject() { # VARIABLE SHOWN-VALUE WHAT-IS-ALLOWED
     SLM_ERRORS+=("$1=$2 is invalid: $3")
@@ -314,9 +383,9 @@ render_nginx() {
         vars='"'"'${SLM_CONF_DIR} ${SLM_TLS_DIR} ${SLM_LOG_DIR} ${SLM_ACME_WEBROOT} ${SLM_CORS_MAP}
               ${SLM_RATE_LIMIT} ${SLM_RATE_BURST} ${SLM_ENGINE_PORT} ${SLM_HTTP_PORT} ${SLM_HTTPS_PORT}
               ${SLM_HTTPS_PORT_SUFFIX} ${SLM_NGINX_LOG_LEVEL} ${SLM_BODY_LIMIT}'"'"'
-        for f in nginx.conf protected.conf proxy.conf headers.conf; do
+        for f in "${@:2}"; do
             envsubst "$vars" < "$0/$f" > "$1/$f"
-        done' "$SLM_TEMPLATES" "$dest"
+        done' "$SLM_TEMPLATES" "$dest" "${SLM_NGINX_FILES[@]}"
     cp "${SLM_TEMPLATES}/auth.js" "$dest/auth.js"
     # shellcheck disable=SC2016  # $slm_api_key is an nginx variable
     printf 'set $slm_api_key "%s";\n' "$SLM_API_KEY" > "$dest/secret.conf"
@@ -332,6 +401,7 @@ render_engine() {
 --model ${SLM_APP_DIR}/models/model.gguf --alias ${MODEL_ID} --ctx-size ${SLM_CTX} \
 --threads ${threads} --parallel $((10#$ONEAPP_SLM_PARALLEL)) --temp ${ONEAPP_SLM_TEMPERATURE} \
 --kv-unified --jinja --metrics --no-slots --no-webui --log-verbosity ${verbosity}" > "$dest/engine.env"
+    printf 'SLM_CTX=%s\n' "$SLM_CTX" >> "$dest/engine.env"  # what bootstrap reports
 }
 
 # Applies what `stage` holds: swap it in, test nginx, and swap back if nginx refuses it.
@@ -364,50 +434,13 @@ report_failure() {
     } | write_file "${SLM_REPORT}.rejected" 0600
 }
 
-service_configure() {
-    SLM_ERRORS=()
-    if ! validate; then
-        report_failure
-        return 1
-    fi
-    rm -f "${SLM_REPORT}.rejected"
-    install -d -m 0755 "$SLM_LOG_DIR" "$SLM_ACME_WEBROOT" "$(dirname "$SLM_REPORT")"
-    install -d -m 0700 "$SLM_STATE_DIR" "$SLM_TLS_DIR"
-
-    if [ -n "$ONEAPP_SLM_API_KEY" ]; then
-        printf '%s' "$ONEAPP_SLM_API_KEY" | write_file "${SLM_STATE_DIR}/api_key" 0600
-    elif ! [[ "$(cat "${SLM_STATE_DIR}/api_key" 2>/dev/null)" =~ ^sk-[A-Za-z0-9]{48}$ ]]; then
-        printf 'sk-%s' "$(gen_password 48)" | write_file "${SLM_STATE_DIR}/api_key" 0600
-        msg info "Generated an API key (see ${SLM_REPORT})"
-    fi
-    SLM_API_KEY=$(cat "${SLM_STATE_DIR}/api_key")
-
-    render_tls "$SLM_TLS_DIR"
-    local stage
-    stage=$(mktemp -d "${SLM_CONF_DIR}.new.XXXXXX")
-    chmod 0755 "$stage"
-    render_nginx "$stage"
-    render_engine "$stage"
-    chmod 0600 "$stage/secret.conf"
-    chmod 0644 "$stage"/{nginx.conf,protected.conf,proxy.conf,headers.conf,auth.js,engine.env}
-    if ! commit_config "$stage"; then
-        report_failure
-        return 1
-    fi
-    if [ -z "$SLM_ROOT" ]; then
-        install -d -m 0755 "$(dirname "$SLM_NGINX_SITE")"
-        ln -sfn "${SLM_CONF_DIR}/nginx.conf" "$SLM_NGINX_SITE"
-    fi
-    msg info "Configured: context ${SLM_CTX} tokens, TLS ${ONEAPP_SLM_TLS_MODE}, model ${MODEL_ID}"
-}
-
-# --- bootstrap (every boot, after configure) -------------------------------------------------
+# --- bootstrap's helpers ----------------------------------------------------------------------
 
 wait_engine() {
     local deadline=$((SECONDS + ${SLM_ENGINE_LOAD_TIMEOUT:-900}))
     until curl -fsS -o /dev/null "http://127.0.0.1:${SLM_ENGINE_PORT}/health"; do
-        if ! systemctl is-active -q slm-copilot-engine && ! systemctl is-activating -q slm-copilot-engine; then
-            msg error "The engine stopped while loading the model: journalctl -u slm-copilot-engine"
+        if ! systemctl is-active -q "$SLM_ENGINE_UNIT" && ! systemctl is-activating -q "$SLM_ENGINE_UNIT"; then
+            msg error "The engine stopped while loading the model: journalctl -u ${SLM_ENGINE_UNIT}"
             return 1
         fi
         [ "$SECONDS" -lt "$deadline" ] || { msg error "The engine did not load the model in time"; return 1; }
@@ -434,8 +467,8 @@ write_report() {
     local host="${ONEAPP_SLM_DOMAIN:-$(hostname -I 2>/dev/null | awk '{print $1}')}" ca_fp key suffix=""
     [ "$SLM_HTTPS_PORT" = 443 ] || suffix=":${SLM_HTTPS_PORT}"
     local url="https://${host:-127.0.0.1}${suffix}/v1"
-    key=$(cat "${SLM_STATE_DIR}/api_key")
-    ca_fp=$(openssl x509 -in "${SLM_TLS_DIR}/ca.crt" -noout -fingerprint -sha256 | cut -d= -f2)
+    key=$(cat "$SLM_API_KEY_FILE")
+    ca_fp=$(openssl x509 -in "$SLM_CA_CERT" -noout -fingerprint -sha256 | cut -d= -f2)
     write_file "$SLM_REPORT" 0600 <<EOR
 [SLM-Copilot]
 version = ${ONE_SERVICE_VERSION}
@@ -445,7 +478,7 @@ model = ${MODEL_ID}
 context_size = ${SLM_CTX}
 tls_mode = ${ONEAPP_SLM_TLS_MODE}
 tls_note = ${SLM_TLS_NOTE:-}
-ca_certificate = ${SLM_TLS_DIR}/ca.crt
+ca_certificate = ${SLM_CA_CERT}
 ca_sha256_fingerprint = ${ca_fp}
 
 [openai-sdk]
@@ -456,7 +489,7 @@ api_provider = OpenAI Compatible
 base_url = ${url}
 api_key = ${key}
 model_id = ${MODEL_ID}
-trust_ca = NODE_EXTRA_CA_CERTS=/path/to/ca.crt (copy ${SLM_TLS_DIR}/ca.crt)
+trust_ca = NODE_EXTRA_CA_CERTS=/path/to/ca.crt (copy ${SLM_CA_CERT})
 
 [continue]
 config_yaml = models: [{name: SLM-Copilot, provider: openai, model: ${MODEL_ID}, apiBase: "${url}", apiKey: "${key}"}]
@@ -467,25 +500,4 @@ command = OPENAI_API_BASE=${url} OPENAI_API_KEY=${key} SSL_CERT_FILE=ca.crt aide
 [curl]
 command = curl --cacert ca.crt -u any:${key} ${url}/models
 EOR
-}
-
-service_bootstrap() {
-    load_model_facts
-    SLM_CTX=$(sed -n 's/.*--ctx-size \([0-9]*\).*/\1/p' "${SLM_CONF_DIR}/engine.env")
-    systemctl restart slm-copilot-engine
-    wait_engine
-    systemctl enable -q slm-copilot-engine nginx
-    systemctl restart nginx
-    SLM_TLS_NOTE=""
-    [ "$ONEAPP_SLM_TLS_MODE" = letsencrypt ] && { try_letsencrypt || msg warning "$SLM_TLS_NOTE"; }
-    write_report
-    write_file "$SLM_MOTD" 0644 <<EOM
-SLM-Copilot ${ONE_SERVICE_VERSION}: all set and ready to serve ${MODEL_ID}
-Endpoint, API key and client settings: ${SLM_REPORT} (root only)
-EOM
-    msg info "Ready: $(sed -n 's/^endpoint = //p' "$SLM_REPORT")"
-}
-
-service_cleanup() {
-    rm -rf "${SLM_CONF_DIR}".new.* "${SLM_CONF_DIR}.last-good"
 }

@@ -1,0 +1,217 @@
+"""What a run points at: the appliance rendered on loopback (`local`), the image booted here once
+per CPU model (`vm`), or a deployed appliance (`url`).
+
+One small class each, in a registry (cloud-init's clouds.py): fixtures, checks and benchmarks ask
+the target for what they need and never branch on its name. What a target cannot do it says in one
+place, by raising Unsupported with the reason; the check is then reported not applicable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+from artifacts.cache import heavy_job
+from vm_fixtures.layout import layout
+
+from .endpoint import Endpoint
+from .settings import Settings
+from .support import REPO, not_applicable
+
+
+class Unsupported(Exception):
+    """This target cannot do that; the message says why and, where there is one, what would."""
+
+
+class Target:
+    """One appliance under test, as every check sees it: started, serving, stopped."""
+
+    name: ClassVar[str]
+    per_cpu_model: ClassVar[bool] = False  # one appliance per CPU model (the report's matrix columns)
+    disposable: ClassVar[bool] = True  # may be killed, rebooted and reconfigured without asking
+    boots_image: ClassVar[bool] = False  # needs dist/ (the nox session builds it first)
+
+    def __init__(self, settings: Settings, column: str, shared=None):
+        self.settings, self.column, self.shared = settings, column, shared
+        self.endpoint: Endpoint | None = None
+
+    # -- what the run shares, and the report's columns ----------------------------------------
+    @classmethod
+    @contextlib.contextmanager
+    def sharing(cls, settings: Settings) -> Iterator[object]:
+        """What every column's appliance shares for the run (the vm target: libvirt and the lock)."""
+        yield None
+
+    @classmethod
+    def columns(cls, settings: Settings) -> list[str]:
+        return [cls.name]
+
+    @classmethod
+    def destructive_refusal(cls, settings: Settings) -> str | None:
+        """Why checks that kill, reboot or reconfigure must not run here, or None."""
+        return None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def announce(self) -> list[str]:
+        """What to say on the console before starting (a start may take minutes)."""
+        return []
+
+    def start(self) -> Target:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        pass
+
+    # -- what checks may need ---------------------------------------------------------------
+    def host(self):
+        """The appliance's host (a vm_fixtures.Guest: execute, read_file, restart, reconfigure...)."""
+        raise Unsupported(f"host checks need the vm target, or ssh with the url target (this run: {self.name})")
+
+    def stop_engine(self) -> None:
+        self.host().execute(f"systemctl stop {layout().engine_unit}")
+
+    def start_engine(self) -> None:
+        self.host().execute(f"systemctl start {layout().engine_unit}")
+        self.endpoint.wait_serving(timeout=600)
+
+    def engine_proc(self, name: str) -> str:
+        """/proc/<engine pid>/<name> on the appliance (maps: its CPU variant; status: its memory)."""
+        return self.host().engine_proc(name)
+
+    def collect_logs(self, dest: Path) -> None:
+        """Whatever tells a failure's story (console, journal, appliance and proxy logs) into `dest`."""
+        with contextlib.suppress(Unsupported):
+            self.host().collect_logs(dest)
+
+    def describe(self) -> list[str]:
+        """Lines for the report's head: what this column ran on and how fast it serves."""
+        speed = self.endpoint.measured_speed if self.endpoint else None
+        return [f"- {self.column}: engine {speed.prompt_ms:.1f} ms per prompt token, {speed.decode_ms:.1f} ms "
+                "per generated token (checks size themselves by it)"] if speed else []
+
+
+class LocalTarget(Target):
+    """The appliance's own rendered configuration, served by real nginx and llama-server on loopback."""
+
+    name = "local"
+
+    def start(self) -> LocalTarget:
+        from .stack import LocalStack
+
+        self.stack = LocalStack(REPO / self.settings.artifacts).start()
+        self.endpoint = Endpoint.of_stack(self.stack)
+        return self
+
+    def stop(self) -> None:
+        self.stack.stop()
+
+    def stop_engine(self) -> None:
+        self.stack.stop_engine()
+
+    def start_engine(self) -> None:
+        self.stack.start_engine()
+
+    def engine_proc(self, name: str) -> str:
+        return (Path("/proc") / str(self.stack.engine.pid) / name).read_text()
+
+    def collect_logs(self, dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        for log in [*self.stack.path(layout().log_dir).glob("*.log"),
+                    *self.stack.path("/var/log/one-appliance").glob("*.log")]:
+            shutil.copy(log, dest / f"{log.parent.name}-{log.name}")
+
+
+class VmTarget(Target):
+    """The image booted with libvirt, once per CPU model (KVM where it really boots, else TCG)."""
+
+    name = "vm"
+    per_cpu_model = True
+    boots_image = True
+
+    @classmethod
+    @contextlib.contextmanager
+    def sharing(cls, settings: Settings) -> Iterator[object]:
+        from vm_fixtures import LibvirtPlatform
+
+        with heavy_job("conformance VMs"):
+            platform = LibvirtPlatform()
+            platform.reap()
+            yield platform
+
+    @classmethod
+    def columns(cls, settings: Settings) -> list[str]:
+        return settings.cpu_models
+
+    @property
+    def image(self) -> Path:
+        return REPO / self.settings.image
+
+    def announce(self) -> list[str]:
+        if not self.image.exists():
+            raise FileNotFoundError(f"no image at {self.image}: run `nox -s build` (or set SLM_CONFORMANCE_IMAGE)")
+        self.decision = self.shared.decision(self.image, self.column)
+        return [f"accelerator for {self.decision.line()}"]
+
+    def start(self) -> VmTarget:
+        self._running = contextlib.ExitStack()
+        logs = REPO / self.settings.reports_dir / "logs" / f"boot-{self.column}"
+        self.instance = self._running.enter_context(self.shared.booted(self.image, self.column, logs=logs))
+        self.endpoint = Endpoint.of_guest(self.instance)
+        return self
+
+    def stop(self) -> None:
+        self._running.close()
+
+    def host(self):
+        return self.instance
+
+    def describe(self) -> list[str]:
+        decision = getattr(self, "decision", None)
+        return ([f"- {self.column}: accelerator {decision.line()}"] if decision else []) + super().describe()
+
+
+class UrlTarget(Target):
+    """A deployed appliance: its URL, key and CA; with `ssh`, its host; with `destructive`, faults."""
+
+    name = "url"
+    disposable = False
+
+    @classmethod
+    def destructive_refusal(cls, settings: Settings) -> str | None:
+        if not settings.destructive:
+            return "destructive: opt in with SLM_CONFORMANCE_DESTRUCTIVE=1 (and SLM_CONFORMANCE_SSH)"
+        return None
+
+    def start(self) -> UrlTarget:
+        self.endpoint = Endpoint.of_settings(self.settings)
+        self.guest = None
+        if self.settings.ssh:
+            from vm_fixtures import Guest
+
+            s = self.settings
+            self.guest = Guest.from_ssh(s.ssh, s.ssh_key, https_url=s.url, http_url=s.http_url,
+                                        engine_url=s.engine_url, ca_file=s.ca_file)
+        return self
+
+    def host(self):
+        if self.guest is None:
+            raise Unsupported("host checks on a deployed appliance need ssh=user@host[:port] (SLM_CONFORMANCE_SSH)")
+        return self.guest
+
+
+def capability(what):
+    """A target's answer, or the check reported not applicable with the target's reason."""
+    try:
+        return what()
+    except Unsupported as reason:
+        not_applicable(str(reason))
+
+
+TARGETS: dict[str, type[Target]] = {cls.name: cls for cls in (LocalTarget, VmTarget, UrlTarget)}
+
+
+def target_class(settings: Settings) -> type[Target]:
+    return TARGETS[settings.target]
