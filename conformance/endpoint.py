@@ -43,7 +43,7 @@ def approx_tokens(messages: list[dict]) -> int:
 @dataclass
 class Endpoint:
     base_url: str  # https://host:port, no trailing /v1
-    api_key: str
+    api_key: str = field(repr=False)  # never in a report: a deployed appliance's real key
     ca_file: Path | None  # trust this CA; never verify=False
     model: str = ""
     http_url: str = ""  # the plain-HTTP port (redirects and ACME), when the target exposes it

@@ -25,7 +25,7 @@ class Settings:
     url: str = ""  # url target: https://host[:port]
     http_url: str = ""  # url target: where port 80 is reached (default http://<url's host>)
     engine_url: str = ""  # url target: the host's engine port as the network sees it (default http://<host>:8081)
-    api_key: str = ""
+    api_key: str = field(default="", repr=False)  # never in a report or a traceback
     ca_file: str = ""
     ssh: str = ""  # url target, optional: user@host[:port] (root, or sudo without password) for host checks
     ssh_key: str = ""  # url target: identity file for ssh (default: ssh's own keys and agent)

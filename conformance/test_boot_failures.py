@@ -7,13 +7,17 @@ check on a paused domain."""
 from __future__ import annotations
 
 import mmap
+import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from vm_fixtures import GuestError
+from vm_fixtures.instance import NAME_PREFIX, WORK_ROOT
 
 from .support import REPO
 
@@ -23,16 +27,17 @@ FAIL_FAST_S = 60
 # initramfs `init` that does not exist makes the kernel fall back to mounting root=UUID=... itself,
 # which it cannot, and panic.
 KERNEL_ARGS = b" ro console=tty0 console=ttyS0,115200n8 net.ifnames=0\n"
-PANICKING_ARGS = b" ro console=tty0 console=ttyS0,115200n8 rdinit=/nope\n"
+PANICKING_ARGS = b" ro console=tty0 console=ttyS0,115200n8 rdinit=/nope0\n"
 
 
 @pytest.fixture(scope="module")
-def panicking_image(settings, tmp_path_factory) -> Path:
+def panicking_image(settings) -> Iterator[Path]:
     """The image under test, unchanged but for its kernel command line (an overlay: same length,
     written in place, so the filesystem stays consistent)."""
     image = REPO / settings.image
-    work = tmp_path_factory.mktemp("broken-boot")
-    work.chmod(0o755)  # QEMU runs as libvirt-qemu
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{NAME_PREFIX}broken-", dir=WORK_ROOT))  # reaped if we crash
+    work.chmod(0o755)  # QEMU runs as libvirt-qemu, which must reach the overlay's folder
     raw = work / "disk.raw"
     subprocess.run(["qemu-img", "convert", "-O", "raw", image, raw], check=True)
     with open(raw, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as disk:
@@ -47,7 +52,8 @@ def panicking_image(settings, tmp_path_factory) -> Path:
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -s {work / 'patch'} {offset} {len(PANICKING_ARGS)}",
                     broken], check=True, capture_output=True)
     broken.chmod(0o644)
-    return broken
+    yield broken
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def boot_failure_within(instance) -> tuple[str, float]:

@@ -81,3 +81,13 @@ def test_destructive_checks_wait_for_the_operators_opt_in(tmp_path):
     assert run.returncode == 0, run.stdout[-2000:]
     assert len(results) == 8 and {r["outcome"] for r in results} == {"skipped"}
     assert all("opt in with SLM_CONFORMANCE_DESTRUCTIVE=1" in r["reason"] for r in results)
+
+
+def test_the_key_never_shows_in_a_repr():
+    """Tracebacks and JUnit reports print objects by their repr: the key must not be in it."""
+    from conformance.endpoint import Endpoint
+
+    key = "sk-" + "k" * 48
+    assert key not in repr(Endpoint("https://appliance", key, None))
+    assert key not in repr(Settings(target="url", url="https://appliance", api_key=key))
+    assert Settings(target="url", url="https://appliance", api_key=key).redacted()["api_key"] == "***"

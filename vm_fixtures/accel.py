@@ -46,8 +46,12 @@ def console_failure(text: str) -> str | None:
     return next((what for what, pattern in BOOT_FAILURES if pattern.search(text)), None)
 
 
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]")  # GRUB's and the kernel's terminal codes
+
+
 def tail(text: str, lines: int = 25) -> str:
-    return "\n".join(text.replace("\r", "").rstrip().splitlines()[-lines:])
+    """The last lines of a serial console, as a person would read them (no terminal codes)."""
+    return "\n".join(ANSI.sub("", text).replace("\r", "").rstrip().splitlines()[-lines:])
 
 
 @dataclass(frozen=True)
@@ -66,9 +70,9 @@ class BootProbe:
             return f"the image's kernel started under KVM with -cpu {self.qemu_cpu} in {self.seconds:.1f} s"
         if self.qemu_error:
             return f"QEMU under KVM with -cpu {self.qemu_cpu} failed: {self.qemu_error}"
-        last = self.console.strip().splitlines()[-1:] or ["(nothing)"]
+        last = tail(self.console, 1).strip() or "(nothing)"
         return (f"under KVM with -cpu {self.qemu_cpu} the image's kernel did not start within {self.seconds:.0f} s; "
-                f"last console line: {last[0][:120]!r}")
+                f"last console line: {last[:120]!r}")
 
 
 def boot_probe(image: Path, qemu_cpu: str, seconds: float = PROBE_SECONDS) -> BootProbe:
