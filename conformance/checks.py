@@ -7,14 +7,17 @@ the negative-control tests run the same functions against deliberately broken ap
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import ssl
 import statistics
 import time
 import warnings
+from urllib.parse import quote
 
 import httpx
 import jsonschema
+from hypothesis import strategies as st
 
 from .endpoint import FULL_SIZE_S, SPEED_PROMPT, Endpoint, approx_tokens, stream_chat  # noqa: F401 (Endpoint re-exported)
 
@@ -39,6 +42,18 @@ CHUNK_SCHEMA = {  # OpenAI chat.completion.chunk, the fields clients rely on
             },
         }},
         "usage": {"type": ["object", "null"], "required": ["prompt_tokens", "completion_tokens"]},
+    },
+}
+
+COMPLETION_SCHEMA = {  # OpenAI's legacy text completion, what autocomplete and FIM clients read
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices"],
+    "properties": {
+        "object": {"const": "text_completion"},
+        "choices": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["text", "index", "finish_reason"],
+            "properties": {"text": {"type": "string"}, "index": {"type": "integer"},
+                           "finish_reason": {"enum": [None, "stop", "length"]}}}},
     },
 }
 
@@ -122,6 +137,138 @@ def auth(ep: Endpoint) -> dict:
         assert r.status_code == 200, f"Basic with the key as password refused: {r.status_code}"
         assert anon.get("/metrics", headers={"Authorization": f"Bearer {ep.api_key}"}).status_code == 200
     return {"models": models}
+
+
+def near_misses(key: str) -> st.SearchStrategy[str]:
+    """Strings that are not the key but look like it: what a weak comparison would let through."""
+    at = st.integers(0, len(key) - 1)
+    printable = st.characters(min_codepoint=33, max_codepoint=126)
+    return st.one_of(
+        st.integers(1, len(key) - 1).map(lambda n: key[:n]),  # every prefix: truncations
+        st.integers(1, len(key) - 1).map(lambda n: key[n:]),  # every suffix
+        st.tuples(at, printable).map(lambda t: key[:t[0]] + t[1] + key[t[0] + 1:]),  # one character changed
+        at.map(lambda n: key[:n] + key[n].swapcase() + key[n + 1:]),  # one letter's case
+        st.just(key.swapcase()), st.just(key.upper()), st.just(key.lower()),
+        st.tuples(at, st.sampled_from(["\t", "%20", "+", "%2B", "=", "\\"])).map(
+            lambda t: key[:t[0]] + t[1] + key[t[0]:]),  # whitespace and encodings inside
+        st.text(printable, min_size=1, max_size=4).map(lambda extra: key + extra),  # longer
+        st.just(quote(key, safe="")), st.just(base64.b64encode(key.encode()).decode()),
+    ).filter(lambda wrong: wrong != key)
+
+
+def presented_wrongly(key: str) -> st.SearchStrategy[str]:
+    """Authorization headers that must be refused: a near miss in every accepted form, or the key
+    itself where it is not a credential (another scheme, the Basic user name, no scheme)."""
+    user = st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"), max_size=12)
+    basic = lambda u, k: "Basic " + base64.b64encode(f"{u}:{k}".encode()).decode()  # noqa: E731
+    wrong = near_misses(key)
+    return st.one_of(
+        wrong.map(lambda w: f"Bearer {w}"),
+        st.tuples(user, wrong).map(lambda t: basic(*t)),
+        st.sampled_from([f"Token {key}", key, f"Bearer{key}", f"Bearer {key} {key}", basic(key, ""),
+                         "Basic " + base64.b64encode(key.encode()).decode(), f"Digest {key}", "Bearer", ""]),
+    )
+
+
+def presented_rightly(key: str) -> st.SearchStrategy[str]:
+    user = st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"), max_size=12)
+    return st.one_of(st.sampled_from([f"Bearer {key}", f"bearer {key}", f"BEARER {key}"]),
+                     user.map(lambda u: "Basic " + base64.b64encode(f"{u}:{key}".encode()).decode()))
+
+
+def auth_properties(ep: Endpoint, wrong_examples: int = 150, right_examples: int = 10) -> dict:
+    """Every header that is not the key in an accepted form is refused with 401; the key in every
+    accepted form (Bearer in any case, Basic with any user) is served. Generated from the key itself."""
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as run
+
+    tried = {"refused": 0, "accepted": 0}
+    quiet = {"deadline": None, "derandomize": True, "suppress_health_check": list(HealthCheck), "database": None}
+    with ep.client(auth=False) as anon:
+        @run(max_examples=wrong_examples, **quiet)
+        @given(header=presented_wrongly(ep.api_key))
+        def refused(header):
+            r = anon.get("/v1/models", headers={"Authorization": header} if header else {})
+            assert r.status_code == 401, f"a wrong credential got HTTP {r.status_code}: {redact(header, ep.api_key)}"
+            tried["refused"] += 1
+
+        @run(max_examples=right_examples, **quiet)
+        @given(header=presented_rightly(ep.api_key))
+        def accepted(header):
+            time.sleep(0.15)  # under the appliance's rate limit (10/s): a 429 would prove nothing
+            r = anon.get("/v1/models", headers={"Authorization": header})
+            assert r.status_code == 200, f"the key was refused as {redact(header, ep.api_key)}: HTTP {r.status_code}"
+            tried["accepted"] += 1
+
+        refused()
+        accepted()
+    return tried
+
+
+def redact(header: str, key: str) -> str:
+    """A header as a report may show it: the key's characters masked, its shape kept."""
+    return header.replace(key, "<key>")[:80] if key in header else f"{header[:12]}... ({len(header)} chars)"
+
+
+def legacy_completions(ep: Endpoint) -> dict:
+    """/v1/completions, which autocomplete and FIM clients use, works end to end with the key:
+    non-streamed (a valid text_completion with usage) and streamed (valid chunks, [DONE])."""
+    body = {"prompt": "def fibonacci(n):", "max_tokens": 8 if ep.affords(30, 8) else 3, "temperature": 0}
+    with ep.client() as client:
+        r = client.post("/v1/completions", json=body)
+        assert r.status_code == 200, f"/v1/completions: HTTP {r.status_code}: {r.text[:200]}"
+        whole = r.json()
+        jsonschema.validate(whole, {**COMPLETION_SCHEMA, "required": [*COMPLETION_SCHEMA["required"], "usage"]})
+        assert whole["choices"][0]["text"] and whole["usage"]["completion_tokens"] >= 1, whole
+        with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as resp:
+            assert resp.status_code == 200, f"/v1/completions stream: HTTP {resp.status_code}"
+            assert resp.headers.get("content-type", "").startswith("text/event-stream"), resp.headers
+            events = [line[5:].strip() for line in resp.iter_lines() if line.startswith("data:")]
+    assert events and events[-1] == "[DONE]", f"the stream does not end with [DONE]: {events[-2:]}"
+    chunks = [json.loads(e) for e in events[:-1]]
+    for chunk in chunks:
+        jsonschema.validate(chunk, COMPLETION_SCHEMA)
+    streamed = "".join(c["choices"][0]["text"] for c in chunks)
+    assert streamed, "the stream carried no text"
+    return {"text_chars": len(whole["choices"][0]["text"]), "stream_chunks": len(chunks)}
+
+
+def cors_on_responses(ep: Endpoint, allowed: str = "https://ide.example.com", refused: str | None = None) -> dict:
+    """Real responses (not only preflights) carry exactly one Access-Control-Allow-Origin, and the
+    right one: `*` or the allowed origin itself; never a refused origin (browsers reject a response
+    with two, and an origin echoed by the engine would bypass the appliance's list)."""
+    seen = {}
+    with ep.client() as client:
+        for origin in [allowed] + ([refused] if refused else []):
+            for method, path, body in (("GET", "/v1/models", None),
+                                       ("POST", "/v1/chat/completions", {"messages": SHORT_PROMPT, "max_tokens": 1})):
+                r = client.request(method, path, json=body, headers={"Origin": origin})
+                values = r.headers.get_list("access-control-allow-origin")
+                where = f"{method} {path} from {origin}"
+                assert r.status_code == 200, f"{where}: HTTP {r.status_code}"
+                if origin == allowed:
+                    assert values in (["*"], [allowed]), f"{where}: Access-Control-Allow-Origin {values}"
+                else:
+                    assert origin not in values and "*" not in values, f"{where}: Access-Control-Allow-Origin {values}"
+                seen[f"{method} {path} {'allowed' if origin == allowed else 'refused'}"] = values
+    return {k: ",".join(v) or "-" for k, v in seen.items()}
+
+
+def served_as_configured(ep: Endpoint, configured: dict[str, str], props: dict) -> dict:
+    """What the engine serves is what configure decided and the report promises: the model id
+    clients see, the context they can fill, the default temperature, the slots."""
+    with ep.client() as client:
+        models = client.get("/v1/models").json()["data"]
+    served = {"model": [m["id"] for m in models], "n_ctx": (models[0].get("meta") or {}).get("n_ctx"),
+              "engine_n_ctx": props["default_generation_settings"]["n_ctx"],
+              "temperature": round(props["default_generation_settings"]["params"]["temperature"], 3),
+              "slots": props.get("total_slots")}
+    want = {"model": [configured["SLM_MODEL_ID"]], "n_ctx": int(configured["SLM_CTX"]),
+            "engine_n_ctx": int(configured["SLM_CTX"]), "temperature": round(float(configured["SLM_TEMPERATURE"]), 3),
+            "slots": int(configured["SLM_PARALLEL"])}
+    wrong = {k: f"served {served[k]!r}, configured {want[k]!r}" for k in want if served[k] != want[k]}
+    assert not wrong, f"the engine does not serve what was configured: {wrong}"
+    return {k: str(v) for k, v in served.items()}
 
 
 def allow_list(ep: Endpoint) -> dict:

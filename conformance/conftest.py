@@ -86,9 +86,31 @@ def pytest_collection_modifyitems_destructive_last(items):
     items.sort(key=lambda item: (models.index(cpu_model_of(item)), item.get_closest_marker("destructive") is not None))
 
 
+def known_keys(config) -> list[str]:
+    """Every API key this run has seen: the settings' and each started appliance's current one."""
+    keys = {config.stash[SETTINGS].api_key}
+    for appliance in config.stash[TARGETS_STARTED].values():
+        if appliance.endpoint is not None:
+            keys.add(appliance.endpoint.api_key)
+    return sorted(k for k in keys if k)
+
+
+def redact(text: str, keys: list[str]) -> str:
+    for key in keys:
+        text = text.replace(key, "[REDACTED API KEY]")
+    return text
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
+    """Every report (JUnit, JSON, Markdown, the terminal) is built from this object: whatever a failing
+    check printed or raised, the appliance's key leaves here masked."""
     report = yield
+    keys = known_keys(item.config)
+    if report.failed and keys and any(key in str(report.longrepr) for key in keys):
+        report.longrepr = redact(str(report.longrepr), keys)
+    report.sections = [(title, redact(content, keys)) for title, content in report.sections]
+    report.user_properties = [(k, redact(v, keys) if isinstance(v, str) else v) for k, v in report.user_properties]
     setattr(item, f"report_{report.when}", report)
     report.slm_column = cpu_model_of(item)  # for the report's matrix: one row per claim, a column per model
     report.slm_claim = claim_of(item, report.slm_column)

@@ -9,10 +9,13 @@ place, by raising Unsupported with the reason; the check is then reported not ap
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
+
+import httpx
 
 from artifacts.cache import heavy_job
 from vm_fixtures.layout import layout
@@ -81,6 +84,18 @@ class Target:
         """/proc/<engine pid>/<name> on the appliance (maps: its CPU variant; status: its memory)."""
         return self.host().engine_proc(name)
 
+    def configured(self) -> dict[str, str]:
+        """What configure decided (engine.env's SLM_* facts besides the engine's arguments)."""
+        return parse_facts(self.host().read_file(f"{layout().conf_dir}/engine.env"))
+
+    def engine_props(self) -> dict:
+        """The engine's own account of what it serves (llama-server's /props, on the host's loopback;
+        the key goes through stdin, never a command line)."""
+        host = self.host()
+        out = host.execute(f"curl -fsS -H @- http://127.0.0.1:{layout().engine_port}/props",
+                           stdin=f"Authorization: Bearer {host.api_key()}\n").stdout
+        return json.loads(out)
+
     def collect_logs(self, dest: Path) -> None:
         """Whatever tells a failure's story (console, journal, appliance and proxy logs) into `dest`."""
         with contextlib.suppress(Unsupported):
@@ -97,6 +112,13 @@ class LocalTarget(Target):
     """The appliance's own rendered configuration, served by real nginx and llama-server on loopback."""
 
     name = "local"
+
+    @classmethod
+    def around(cls, stack, settings: Settings) -> LocalTarget:
+        """The target's view of a stack started elsewhere (the negative controls' broken ones)."""
+        target = cls(settings, cls.name)
+        target.stack, target.endpoint = stack, Endpoint.of_stack(stack)
+        return target
 
     def start(self) -> LocalTarget:
         from .stack import LocalStack
@@ -116,6 +138,13 @@ class LocalTarget(Target):
 
     def engine_proc(self, name: str) -> str:
         return (Path("/proc") / str(self.stack.engine.pid) / name).read_text()
+
+    def configured(self) -> dict[str, str]:
+        return parse_facts(self.stack.path(f"{layout().conf_dir}/engine.env").read_text())
+
+    def engine_props(self) -> dict:
+        return httpx.get(f"http://127.0.0.1:{self.stack.ports['engine']}/props", timeout=30,
+                         headers={"Authorization": f"Bearer {self.stack.api_key}"}).json()
 
     def collect_logs(self, dest: Path) -> None:
         dest.mkdir(parents=True, exist_ok=True)
@@ -200,6 +229,11 @@ class UrlTarget(Target):
         if self.guest is None:
             raise Unsupported("host checks on a deployed appliance need ssh=user@host[:port] (SLM_CONFORMANCE_SSH)")
         return self.guest
+
+
+def parse_facts(engine_env: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in engine_env.splitlines()
+                if "=" in line and not line.startswith("SLM_ENGINE_ARGS="))
 
 
 def capability(what):

@@ -20,6 +20,23 @@ def test_auth_bearer_and_basic(endpoint, record):
     record(checks.auth(endpoint))
 
 
+def test_auth_refuses_every_near_miss_of_the_key(endpoint, record):
+    record(checks.auth_properties(endpoint))
+
+
+def test_legacy_completions_end_to_end(endpoint, record):
+    record(checks.legacy_completions(endpoint))
+
+
+def test_cors_on_real_responses(endpoint, record):
+    record(checks.cors_on_responses(endpoint))
+
+
+def test_served_configuration_is_the_configured_one(target, endpoint, record):
+    configured, props = capability(target.configured), capability(target.engine_props)
+    record(checks.served_as_configured(endpoint, configured, props))
+
+
 def test_allow_list(endpoint, record):
     record(checks.allow_list(endpoint))
 

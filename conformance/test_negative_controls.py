@@ -6,8 +6,10 @@ same check function the suite runs against every target. Only the local target r
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 from dataclasses import dataclass, field
+from functools import partial
 
 import pytest
 
@@ -15,6 +17,7 @@ from . import checks
 from .endpoint import Endpoint
 from .stack import LocalStack
 from .support import REPO
+from .targets import LocalTarget
 
 # They break a local stack on purpose; the checks they prove are the same code every target runs.
 pytestmark = pytest.mark.target("local")
@@ -28,6 +31,12 @@ class Defect:
     broken: str = ""
     context: dict = field(default_factory=dict)
     engine_down: bool = False
+    regex: bool = False  # `good` is a regular expression (rendered values vary with the host)
+    with_target: bool = False  # the check also takes the target's view of the broken appliance
+
+
+def served_config(ep: Endpoint, target: LocalTarget) -> dict:
+    return checks.served_as_configured(ep, target.configured(), target.engine_props())
 
 
 def foreign_certificate(tmp) -> dict:
@@ -39,6 +48,8 @@ def foreign_certificate(tmp) -> dict:
             "ONEAPP_SLM_TLS_CERT": base64.b64encode((tmp / "c.pem").read_bytes()).decode(),
             "ONEAPP_SLM_TLS_KEY": base64.b64encode((tmp / "k.pem").read_bytes()).decode()}
 
+
+IDE, EVIL = "https://ide.example.com", "https://evil.example.net"
 
 DEFECTS = {
     # llama-server sends X-Accel-Buffering: no, which alone keeps nginx streaming: ignore it too.
@@ -58,6 +69,25 @@ DEFECTS = {
     "certificate_not_from_appliance_ca": Defect(checks.openai_sdk, context={"foreign_cert": "yes"}),
     # The history does not fit: the engine must refuse (400), and the check must notice.
     "context_too_small": Defect(checks.coherence, context={"ONEAPP_SLM_CONTEXT_SIZE": "512"}),
+    "truncated_key_accepted": Defect(checks.auth_properties, "auth.js", "digest(given) === digest(key)",
+                                     "key.startsWith(given) && given.length >= 8"),
+    "key_case_ignored": Defect(checks.auth_properties, "auth.js", "digest(given) === digest(key)",
+                               "given.toLowerCase() === key.toLowerCase()"),
+    # 401 without the key as it should, yet nothing works with it.
+    "completions_broken_behind_auth": Defect(checks.legacy_completions, "nginx.conf", "location = /v1/completions {",
+                                             "location = /v1/completions {\n        proxy_method GET;"),
+    "engine_cors_headers_passed": Defect(checks.cors_on_responses, "proxy.conf",
+                                         "proxy_hide_header Access-Control-Allow-Origin;", ""),
+    "engine_echoes_refused_origins": Defect(partial(checks.cors_on_responses, allowed=IDE, refused=EVIL), "proxy.conf",
+                                            "proxy_hide_header Access-Control-Allow-Origin;", "",
+                                            context={"ONEAPP_SLM_CORS_ORIGINS": IDE}),
+    # The engine started with other values than configure decided and the report promises.
+    "smaller_context_served": Defect(served_config, "engine.env", r"--ctx-size \d+", "--ctx-size 2048", regex=True,
+                                     with_target=True),
+    "default_temperature_not_applied": Defect(served_config, "engine.env", r"--temp [0-9.]+ ", "", regex=True,
+                                              with_target=True),
+    "model_served_under_another_id": Defect(served_config, "engine.env", r"--alias \S+", "--alias coder-7b",
+                                            regex=True, with_target=True),
     "legacy_tls_allowed": Defect(checks.tls_versions, "nginx.conf", "ssl_protocols TLSv1.2 TLSv1.3;",
                                  "ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3; ssl_ciphers DEFAULT:@SECLEVEL=0;"),
 }
@@ -73,15 +103,18 @@ def test_negative_control(settings, endpoint, name, tmp_path, record):
     if defect.conf:
         path = stack.path(f"/etc/slm-copilot/{defect.conf}")
         text = path.read_text()
-        assert defect.good in text, f"{defect.conf} no longer contains {defect.good!r}: update this control"
-        path.write_text(text.replace(defect.good, defect.broken))
+        found = re.search(defect.good, text) if defect.regex else defect.good in text
+        assert found, f"{defect.conf} no longer contains {defect.good!r}: update this control"
+        path.write_text(re.sub(defect.good, defect.broken, text, count=1) if defect.regex
+                        else text.replace(defect.good, defect.broken))
     stack.start_engine()
     stack.start_nginx()
     if defect.engine_down:
         stack.stop_engine()
     try:
         with pytest.raises(AssertionError) as caught:
-            defect.check(Endpoint.of_stack(stack, speed=endpoint.speed))
+            ep = Endpoint.of_stack(stack, speed=endpoint.speed)
+            defect.check(ep, LocalTarget.around(stack, settings)) if defect.with_target else defect.check(ep)
         record({"caught": str(caught.value).splitlines()[0][:120]})
     finally:
         stack.stop()
@@ -101,3 +134,14 @@ def test_equivalence_check_catches_a_perturbed_model(settings, native_references
     with pytest.raises(AssertionError, match=f"against the native {variant} reference") as caught:
         assert_equivalent(served, native_references, variant)
     record({"caught": str(caught.value).splitlines()[0][:160]})
+
+
+def test_cors_origin_list_holds_on_proxied_responses(settings, endpoint, record):
+    """With ONEAPP_SLM_CORS_ORIGINS set, proxied answers name the allowed origin and never a refused
+    one (the twin of engine_echoes_refused_origins)."""
+    stack = LocalStack(REPO / settings.artifacts, context={"ONEAPP_SLM_CORS_ORIGINS": IDE})
+    stack.start()
+    try:
+        record(checks.cors_on_responses(Endpoint.of_stack(stack, speed=endpoint.speed), allowed=IDE, refused=EVIL))
+    finally:
+        stack.stop()

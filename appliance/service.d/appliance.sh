@@ -401,7 +401,10 @@ render_engine() {
 --model ${SLM_APP_DIR}/models/model.gguf --alias ${MODEL_ID} --ctx-size ${SLM_CTX} \
 --threads ${threads} --parallel $((10#$ONEAPP_SLM_PARALLEL)) --temp ${ONEAPP_SLM_TEMPERATURE} \
 --kv-unified --jinja --metrics --no-slots --no-webui --log-verbosity ${verbosity}" > "$dest/engine.env"
-    printf 'SLM_CTX=%s\n' "$SLM_CTX" >> "$dest/engine.env"  # what bootstrap reports
+    # What configure decided, apart from how the engine is told: the report says it, and the
+    # conformance suite compares what the engine serves with it.
+    printf 'SLM_CTX=%s\nSLM_MODEL_ID=%s\nSLM_TEMPERATURE=%s\nSLM_PARALLEL=%s\n' "$SLM_CTX" "$MODEL_ID" \
+        "$ONEAPP_SLM_TEMPERATURE" "$((10#$ONEAPP_SLM_PARALLEL))" >> "$dest/engine.env"
 }
 
 # Applies what `stage` holds: swap it in, test nginx, and swap back if nginx refuses it.
