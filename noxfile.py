@@ -70,6 +70,13 @@ def conformance_url(session):
 
 
 @nox.session
+def mutants(session):
+    """The mutation score: realistic defects of appliance/, one at a time, against the local suite."""
+    session.run("python", "-m", "artifacts")
+    session.run("python", "-m", "conformance.mutation", *session.posargs)
+
+
+@nox.session
 def benchmark(session):
     session.run("python", "-m", "artifacts")
     session.run("python", "-m", "pytest", "benchmarks", *session.posargs)

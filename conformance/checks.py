@@ -328,7 +328,8 @@ def engine_unavailable(ep: Endpoint) -> dict:
     with ep.client() as client:
         r = client.get("/v1/models")
     assert r.status_code == 503, f"engine down: HTTP {r.status_code}"
-    assert r.headers.get("retry-after"), "503 without Retry-After"
+    retry = r.headers.get_list("retry-after")
+    assert len(retry) == 1 and retry[0].isdigit(), f"503 needs one Retry-After in seconds, got {retry}"
     assert r.json()["error"]["code"] == 503
     return {}
 

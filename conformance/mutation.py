@@ -1,0 +1,183 @@
+"""The project's mutation score: does the gate catch defects nobody wrote a check for?
+
+    python -m conformance.mutation [--profile ci|release] [--only NAME ...]    (./dev -s mutants)
+
+Each mutant is one small edit of appliance/ (a template or the script), written the way a bad day
+produces them (a typo'd flag, a line dropped while refactoring, a hurried "fix"), with the property
+it breaks. Each is applied alone to a copy of the appliance, and the local suite runs against it
+with -x (the negative controls left out: they break stacks on purpose). A mutant that makes some
+check fail is killed; one that passes every check survives. Equivalent mutants change nothing a
+client or the host can observe; the header says why, and they must survive (a check that kills one
+is flaky or judges an implementation detail). Host-side mutants (file modes, what the engine runs
+as) cannot show on the local target: they are listed and left to the vm target's host checks.
+
+The report (reports/mutants.{json,md}) says for each: killed / survived / equivalent, the check
+that killed it, the time. The release profile fails on any survivor or any killed equivalent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from artifacts.cache import heavy_job
+
+from .support import REPO
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # under appliance/
+    find: str
+    replace: str
+    breaks: str  # the property it breaks, or why it is equivalent
+    equivalent: bool = False
+    host_side: bool = False  # invisible on the local target; the vm target's host checks judge it
+
+
+MUTANTS = [
+    Mutant("basic_user_taken_as_key", "templates/auth.js", "decoded.slice(colon + 1)", "decoded.slice(0, colon)",
+           "Basic auth checks the user name instead of the password: any password passes with the key as user"),
+    Mutant("bearer_scheme_case_sensitive", "templates/auth.js", "/^(Bearer|Basic)[ ]+([^ ]+)[ ]*$/i",
+           "/^(Bearer|Basic)[ ]+([^ ]+)[ ]*$/", "'bearer KEY' (a valid spelling, RFC 7235) is refused"),
+    Mutant("models_left_public", "templates/nginx.conf",
+           "location = /v1/models {\n        include ${SLM_CONF_DIR}/protected.conf;\n",
+           "location = /v1/models {\n", "/v1/models answers without the key"),
+    Mutant("preflight_without_authorization", "templates/headers.conf", '"Authorization, Content-Type"',
+           '"Content-Type"', "browsers may not send the key: the preflight no longer allows the header"),
+    Mutant("temperature_hard_coded", "service.d/appliance.sh", "--temp ${ONEAPP_SLM_TEMPERATURE}", "--temp 0.8",
+           "ONEAPP_SLM_TEMPERATURE is not what the engine samples with"),
+    Mutant("model_alias_dropped", "service.d/appliance.sh", "--alias ${MODEL_ID} ", "",
+           "the model is served under its file name, not the id the report promises"),
+    Mutant("context_split_per_slot", "service.d/appliance.sh", "--kv-unified ", "",
+           "each request gets the context divided by the slots, not the configured size"),
+    Mutant("tls11_allowed", "templates/nginx.conf", "ssl_protocols TLSv1.2 TLSv1.3;",
+           "ssl_protocols TLSv1.1 TLSv1.2 TLSv1.3; ssl_ciphers DEFAULT:@SECLEVEL=0;",
+           "a deprecated TLS version is offered (an old client's 'compatibility fix')"),
+    Mutant("engine_cors_passed_through", "templates/proxy.conf", "proxy_hide_header Access-Control-Allow-Origin;\n",
+           "", "proxied answers carry two Access-Control-Allow-Origin headers (browsers reject them)"),
+    Mutant("bare_502_when_engine_down", "templates/nginx.conf", "    error_page 502 504 = @engine_unavailable;\n",
+           "", "clients get nginx's bare 502 page instead of a JSON 503 with Retry-After"),
+    Mutant("retry_after_dropped", "templates/headers.conf", "add_header Retry-After $slm_retry_after always;\n",
+           "", "a 503 no longer tells clients when to retry"),
+    Mutant("www_authenticate_dropped", "templates/headers.conf",
+           "add_header WWW-Authenticate $slm_www_authenticate always;\n", "", "a 401 names no scheme (RFC 9110)"),
+    Mutant("body_limit_raised", "service.d/appliance.sh", "SLM_BODY_LIMIT=8m", "SLM_BODY_LIMIT=512m",
+           "a client can post half a gigabyte to the engine"),
+    Mutant("completions_location_dropped", "templates/nginx.conf",
+           "    location = /v1/completions {\n        include ${SLM_CONF_DIR}/protected.conf;\n"
+           "        include ${SLM_CONF_DIR}/proxy.conf;\n    }\n", "",
+           "/v1/completions (autocomplete, FIM) answers 404"),
+    Mutant("stream_buffered", "templates/proxy.conf", "proxy_buffering off;",
+           "proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;", "SSE tokens arrive in bursts"),
+    Mutant("redirect_to_http", "templates/nginx.conf", "return 301 https://$host", "return 301 http://$host",
+           "port 80 redirects to itself: clients never reach TLS"),
+    Mutant("secret_conf_world_readable", "service.d/appliance.sh", 'chmod 0600 "$stage/secret.conf"',
+           'chmod 0644 "$stage/secret.conf"', "nginx's copy of the key is readable by every user", host_side=True),
+    Mutant("engine_on_every_address", "service.d/appliance.sh", '"--host 127.0.0.1 --port', '"--host 0.0.0.0 --port',
+           "the engine (no TLS, its own key) is reachable from the network", host_side=True),
+    # Equivalent: nothing a client or the host can observe changes.
+    Mutant("header_value_quoted", "templates/headers.conf",
+           'add_header X-Content-Type-Options nosniff always;\n',
+           'add_header X-Content-Type-Options "nosniff" always;\n',
+           "quoting a constant nginx value: the same header bytes on the wire", equivalent=True),
+    Mutant("tls11_listed_only", "templates/nginx.conf", "ssl_protocols TLSv1.2 TLSv1.3;",
+           "ssl_protocols TLSv1.1 TLSv1.2 TLSv1.3;",
+           "OpenSSL 3 (bookworm) serves TLS 1.1 only at security level 0: listed alone it is still refused "
+           "(the check offers it at level 0 and gets no handshake)", equivalent=True),
+    Mutant("upstream_host_header_dropped", "templates/proxy.conf", "proxy_set_header Host $host;\n", "",
+           "llama-server ignores the Host header: every answer is byte-identical", equivalent=True),
+]
+
+
+def appliance_copy(mutant: Mutant, into: Path) -> Path:
+    """A copy of the suite and the appliance with the mutant applied (the original is never touched)."""
+    for package in ("appliance", "conformance", "vm_fixtures"):
+        shutil.copytree(REPO / package, into / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for shared in ("build", "packer", "artifacts", "pyproject.toml"):
+        (into / shared).symlink_to(REPO / shared)
+    target = into / "appliance" / mutant.file
+    text = target.read_text()
+    if text.count(mutant.find) != 1:
+        raise ValueError(f"mutant {mutant.name}: {mutant.find!r} is not once in appliance/{mutant.file}: update it")
+    target.write_text(text.replace(mutant.find, mutant.replace))
+    return into
+
+
+def first_failure(results: Path) -> str:
+    """The claim that failed first, from the suite's own JSON report."""
+    if not results.exists():
+        return ""
+    failed = [r for r in json.loads(results.read_text())["results"] if r["outcome"] in ("failed", "error")]
+    return failed[0]["claim"] if failed else ""
+
+
+def run_mutant(mutant: Mutant) -> dict:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"slm-mutant-{mutant.name}-") as tmp:
+        suite = appliance_copy(mutant, Path(tmp))
+        reports = Path(tmp) / "reports"
+        env = {**os.environ, "PYTHONPATH": str(suite), "SLM_CONFORMANCE_REPORTS_DIR": str(reports)}
+        run = subprocess.run([sys.executable, "-m", "pytest", "conformance", "--target", "local", "--profile", "ci",
+                              "-x", "-q", "-m", "not negative_control", "-p", "no:cacheprovider"],
+                             cwd=suite, env=env, capture_output=True, text=True, timeout=1800)
+        killer = first_failure(reports / "results-local.json")
+    if run.returncode not in (0, 1):
+        raise RuntimeError(f"mutant {mutant.name}: the suite itself failed ({run.returncode}):\n{run.stdout[-2000:]}")
+    killed = run.returncode == 1
+    verdict = ("equivalent, KILLED" if killed else "equivalent") if mutant.equivalent else \
+        ("killed" if killed else "SURVIVED")
+    return {**asdict(mutant), "verdict": verdict, "killed_by": killer, "seconds": round(time.monotonic() - started, 1)}
+
+
+def report(results: list[dict], host_side: list[Mutant], out: Path) -> bool:
+    judged = [r for r in results if not r["equivalent"]]
+    killed = [r for r in judged if r["verdict"] == "killed"]
+    wrong = [r for r in results if r["verdict"] in ("SURVIVED", "equivalent, KILLED")]
+    score = f"{len(killed)}/{len(judged)}"
+    lines = [f"# Mutation score (local target): {score} non-equivalent mutants killed, "
+             f"{sum(r['verdict'] == 'equivalent' for r in results)}/{sum(r['equivalent'] for r in results)} "
+             "equivalent ones left alone", "", "| mutant | breaks | verdict | killed by | s |", "|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['breaks']} | {r['verdict']} | {r['killed_by'] or '-'} | {r['seconds']} |"
+              for r in results]
+    if host_side:
+        lines += ["", "Host-side (judged by the vm target's host checks, not here):", ""]
+        lines += [f"- {m.name}: {m.breaks}" for m in host_side]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mutants.json").write_text(json.dumps({"score": score, "results": results,
+                                                  "host_side": [asdict(m) for m in host_side]}, indent=2) + "\n")
+    (out / "mutants.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return not wrong
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m conformance.mutation", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="ci", choices=("ci", "release"),
+                        help="release: exit 1 on any survivor or killed equivalent")
+    parser.add_argument("--only", nargs="*", help="mutant names")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
+    started = time.monotonic()
+    results = []
+    with heavy_job("mutation run"):
+        for mutant in (m for m in chosen if not m.host_side):
+            results.append(run_mutant(mutant))
+            print(f"mutant {mutant.name}: {results[-1]['verdict']} ({results[-1]['killed_by'] or '-'}, "
+                  f"{results[-1]['seconds']} s)", flush=True)
+    ok = report(results, [m for m in chosen if m.host_side], REPO / "reports")
+    print(f"mutation run: {round(time.monotonic() - started)} s")
+    return 0 if ok or args.profile == "ci" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
