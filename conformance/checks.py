@@ -271,6 +271,36 @@ def served_as_configured(ep: Endpoint, configured: dict[str, str], props: dict) 
     return {k: str(v) for k, v in served.items()}
 
 
+def long_silent_answer(ep: Endpoint, seconds: float = 100) -> dict:
+    """A non-streamed answer that takes longer than a minute and a half (a 24B model on a CPU writes
+    long edits that slowly): nothing between client and engine may cut it. Sized from the measured
+    speed, so it lasts about `seconds` on any host."""
+    with ep.client() as client:
+        n_ctx = (client.get("/v1/models").json()["data"][0].get("meta") or {}).get("n_ctx", 4096)
+        tokens = min(int(seconds * 1000 / ep.speed.decode_ms) + 1, n_ctx - 100)  # the context bounds it
+        started = time.monotonic()
+        r = client.post("/v1/chat/completions", timeout=httpx.Timeout(seconds * 4, connect=10), json={
+            "messages": SHORT_PROMPT, "max_tokens": tokens, "ignore_eos": True, "temperature": 0})
+    took = time.monotonic() - started
+    assert r.status_code == 200, f"after {took:.0f} s of silence: HTTP {r.status_code}: {r.text[:200]}"
+    got = r.json()["usage"]["completion_tokens"]
+    assert got == tokens, f"the answer was cut after {took:.0f} s: {got} of {tokens} tokens"
+    return {"tokens": tokens, "seconds": round(took, 1)}
+
+
+def key_absent_from_logs(ep: Endpoint, target) -> dict:
+    """After the key was sent every accepted way, no log of the appliance holds it."""
+    basic = base64.b64encode(f"user:{ep.api_key}".encode()).decode()
+    as_user = base64.b64encode(f"{ep.api_key}:".encode()).decode()  # the key where the user name goes
+    with ep.client(auth=False) as anon:
+        for header in (f"Bearer {ep.api_key}", f"Basic {basic}", f"Bearer {ep.api_key}x", f"Basic {as_user}"):
+            anon.get("/v1/models", headers={"Authorization": header})
+    time.sleep(1)  # nginx writes its logs after the response
+    logs = target.logs()
+    assert ep.api_key not in logs, f"the API key is in the appliance's logs ({logs.count(ep.api_key)} times)"
+    return {"log_bytes": len(logs)}
+
+
 def allow_list(ep: Endpoint) -> dict:
     """Only the API paths are reachable: the engine's own endpoints are 404 even with the key."""
     with ep.client() as client:

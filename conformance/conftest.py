@@ -69,6 +69,8 @@ def pytest_collection_modifyitems(config, items):
         only = item.get_closest_marker("target")
         if only and settings.target not in only.args:
             drop.append(item)  # an image's metadata, a broken local stack: nothing to do elsewhere
+        elif item.get_closest_marker("release") and settings.profile != "release":
+            drop.append(item)
         elif not per_model or item.get_closest_marker("core") or cpu_model_of(item) in (None, settings.ci_full_model):
             keep.append(item)
         else:

@@ -84,6 +84,11 @@ class Target:
         """/proc/<engine pid>/<name> on the appliance (maps: its CPU variant; status: its memory)."""
         return self.host().engine_proc(name)
 
+    def logs(self) -> str:
+        """Everything the appliance logged: on a host, the journal and /var/log (read there by the
+        host checks, which never bring the key to this side); here only the local target's files."""
+        raise Unsupported("the logs are searched on the host by test_api_key_absent_from_journal_and_logs")
+
     def configured(self) -> dict[str, str]:
         """What configure decided (engine.env's SLM_* facts besides the engine's arguments)."""
         return parse_facts(self.host().read_file(f"{layout().conf_dir}/engine.env"))
@@ -145,6 +150,11 @@ class LocalTarget(Target):
     def engine_props(self) -> dict:
         return httpx.get(f"http://127.0.0.1:{self.stack.ports['engine']}/props", timeout=30,
                          headers={"Authorization": f"Bearer {self.stack.api_key}"}).json()
+
+    def logs(self) -> str:
+        """Everything the appliance logged (its proxy, engine and stage logs), as one text."""
+        files = [*self.stack.path(layout().log_dir).glob("*.log"), *self.stack.path("/var/log/one-appliance").glob("*")]
+        return "\n".join(f.read_text(errors="replace") for f in files if f.is_file())
 
     def collect_logs(self, dest: Path) -> None:
         dest.mkdir(parents=True, exist_ok=True)

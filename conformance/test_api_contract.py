@@ -37,6 +37,12 @@ def test_served_configuration_is_the_configured_one(target, endpoint, record):
     record(checks.served_as_configured(endpoint, configured, props))
 
 
+@pytest.mark.release
+@pytest.mark.budget(600)
+def test_long_non_streamed_answer_is_not_cut(endpoint, record):
+    record(checks.long_silent_answer(endpoint))
+
+
 def test_allow_list(endpoint, record):
     record(checks.allow_list(endpoint))
 

@@ -88,6 +88,11 @@ DEFECTS = {
                                               with_target=True),
     "model_served_under_another_id": Defect(served_config, "engine.env", r"--alias \S+", "--alias coder-7b",
                                             regex=True, with_target=True),
+    # nginx at debug level logs request headers, the key among them (issue: debug must not leak it).
+    "key_logged_at_debug_level": Defect(checks.key_absent_from_logs, context={"ONEAPP_SLM_LOG_LEVEL": "debug"},
+                                        with_target=True),
+    "key_logged_as_basic_user": Defect(checks.key_absent_from_logs, "nginx.conf", "/access.log slm_access;",
+                                       "/access.log;", with_target=True),
     "legacy_tls_allowed": Defect(checks.tls_versions, "nginx.conf", "ssl_protocols TLSv1.2 TLSv1.3;",
                                  "ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3; ssl_ciphers DEFAULT:@SECLEVEL=0;"),
 }

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from . import checks
 from .endpoint import Endpoint, stream_chat
-from .targets import Unsupported
+from .targets import Unsupported, capability
 
 
 def engine_rss_kib(target) -> int | None:
@@ -133,3 +133,8 @@ def slow_client(ep: Endpoint) -> str:
             tls.sendall(chunk)
             time.sleep(1)
     return "dropped after 3 s"
+
+
+def test_api_key_absent_from_the_appliance_logs(endpoint, target, record):
+    """Last in this module: after load and hostile input have been logged too."""
+    record(capability(lambda: checks.key_absent_from_logs(endpoint, target)))
