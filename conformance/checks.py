@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import ssl
 import statistics
@@ -208,6 +209,33 @@ def auth_properties(ep: Endpoint, wrong_examples: int = 150, right_examples: int
 def redact(header: str, key: str) -> str:
     """A header as a report may show it: the key's characters masked, its shape kept."""
     return header.replace(key, "<key>")[:80] if key in header else f"{header[:12]}... ({len(header)} chars)"
+
+
+MODELS_SCHEMA = {  # OpenAI's model list: what clients read to pick the model id
+    "type": "object", "required": ["object", "data"],
+    "properties": {"object": {"const": "list"}, "data": {"type": "array", "minItems": 1, "items": {
+        "type": "object", "required": ["id", "object"],
+        "properties": {"id": {"type": "string", "minLength": 1}, "object": {"const": "model"}}}}},
+}
+
+
+PROMETHEUS_SAMPLE = re.compile(r"^[a-zA-Z_:][\w:]*(\{[^}]*\})? ([+-]?[0-9.eE+-]+|[+-]?Inf|NaN)( -?\d+)?$")
+
+
+def models_and_metrics(ep: Endpoint) -> dict:
+    """The two GET endpoints, with the key: /v1/models is OpenAI's list; /metrics is Prometheus text
+    with the engine's own samples (what an operator scrapes)."""
+    with ep.client() as client:
+        models = client.get("/v1/models")
+        metrics = client.get("/metrics")
+    assert models.status_code == 200, f"/v1/models: HTTP {models.status_code}"
+    jsonschema.validate(models.json(), MODELS_SCHEMA)
+    assert metrics.status_code == 200, f"/metrics: HTTP {metrics.status_code}"
+    assert metrics.headers.get("content-type", "").startswith("text/plain"), metrics.headers.get("content-type")
+    samples = [line for line in metrics.text.splitlines() if line and not line.startswith("#")]
+    assert samples and all(PROMETHEUS_SAMPLE.match(line) for line in samples), \
+        f"/metrics is not Prometheus text: {metrics.text[:200]!r}"
+    return {"models": len(models.json()["data"]), "metric_samples": len(samples)}
 
 
 def legacy_completions(ep: Endpoint) -> dict:

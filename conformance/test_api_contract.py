@@ -24,6 +24,10 @@ def test_auth_refuses_every_near_miss_of_the_key(endpoint, record):
     record(checks.auth_properties(endpoint))
 
 
+def test_models_and_metrics_answer_in_their_formats(endpoint, record):
+    record(checks.models_and_metrics(endpoint))
+
+
 def test_legacy_completions_end_to_end(endpoint, record):
     record(checks.legacy_completions(endpoint))
 

@@ -93,6 +93,8 @@ DEFECTS = {
                                         with_target=True),
     "key_logged_as_basic_user": Defect(checks.key_absent_from_logs, "nginx.conf", "/access.log slm_access;",
                                        "/access.log;", with_target=True),
+    "metrics_routed_to_the_model_list": Defect(checks.models_and_metrics, "nginx.conf", "location = /metrics {",
+                                               "location = /metrics {\n        rewrite ^ /v1/models break;"),
     "legacy_tls_allowed": Defect(checks.tls_versions, "nginx.conf", "ssl_protocols TLSv1.2 TLSv1.3;",
                                  "ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3; ssl_ciphers DEFAULT:@SECLEVEL=0;"),
 }
