@@ -84,6 +84,8 @@ MUTANTS = [
            "proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;", "SSE tokens arrive in bursts"),
     Mutant("redirect_to_http", "templates/nginx.conf", "return 301 https://$host", "return 301 http://$host",
            "port 80 redirects to itself: clients never reach TLS"),
+    Mutant("engine_runs_as_root", "templates/slm-copilot-engine.service", "User=slm-copilot\n", "",
+           "the engine (parsing untrusted prompts) runs as root; its exposure score barely moves (1.2 to 1.6)"),
     Mutant("secret_conf_world_readable", "service.d/appliance.sh", 'chmod 0600 "$stage/secret.conf"',
            'chmod 0644 "$stage/secret.conf"', "nginx's copy of the key is readable by every user", host_side=True),
     Mutant("engine_on_every_address", "service.d/appliance.sh", '"--host 127.0.0.1 --port', '"--host 0.0.0.0 --port',

@@ -8,6 +8,7 @@ back with its own context, key and generated files. Order matters: the bad-conte
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import threading
 import time
 
@@ -19,7 +20,7 @@ from vm_fixtures.layout import layout
 
 from . import checks
 from .endpoint import Endpoint, stream_chat
-from .support import engine_variants, exposure_score, not_applicable, wait_until
+from .support import REPO, engine_variants, exposure_score, not_applicable, wait_until
 
 LAYOUT = layout()
 # What the guest's CPU offers of what the engine's variants are built for (the report's CPU matrix).
@@ -111,6 +112,20 @@ def test_context_agent_reported_ready(guest, host_view):
     if guest.context_unit != "slm-context.service":
         not_applicable("one-context reports READY to OneGate, not in a file")
     assert host_view.file("/run/one-context/ready").content_string.strip() == "READY=YES"
+
+
+@pytest.mark.target("local")
+def test_engine_unit_judged_before_any_boot(record):
+    """What the engine's unit would run as, and how sandboxed, judged offline from the appliance's
+    own unit file (`systemd-analyze security --offline`): the local target's view of the host checks."""
+    unit = REPO / "appliance" / "templates" / f"{LAYOUT.engine_unit}.service"
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=100", unit],
+                         capture_output=True, text=True, timeout=60).stdout
+    user = next((line for line in out.splitlines() if "User=/DynamicUser=" in line), "")
+    assert user.lstrip().startswith("✓"), f"the engine would run as root: {user.strip()}"
+    score = exposure_score(out)
+    assert score <= 3.0, f"engine sandbox exposure {score} > 3.0"
+    record({"engine_exposure_offline": score})
 
 
 def test_engine_sandbox_exposure(host_view, record):
