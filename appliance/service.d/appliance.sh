@@ -419,8 +419,10 @@ commit_config() {
         SLM_ERRORS+=("nginx rejected the rendered configuration (see above); the previous one is kept")
         return 1
     fi
-    # Byte-identical output must not look changed: keep the old files when nothing differs.
-    if [ -d "$previous" ] && diff -r -q "$previous" "$SLM_CONF_DIR" >/dev/null; then
+    # Byte-identical output must not look changed: keep the old files when nothing differs, modes
+    # included (a file whose mode changed must be replaced, or the new mode never applies).
+    if [ -d "$previous" ] && diff -r -q "$previous" "$SLM_CONF_DIR" >/dev/null \
+        && [ "$(cd "$previous" && stat -c '%a %n' -- *)" = "$(cd "$SLM_CONF_DIR" && stat -c '%a %n' -- *)" ]; then
         rm -rf "$SLM_CONF_DIR"
         mv "$previous" "$SLM_CONF_DIR"
     fi
