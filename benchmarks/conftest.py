@@ -18,7 +18,7 @@ from artifacts.cache import heavy_job
 from conformance.endpoint import Endpoint
 from conformance.settings import Settings
 from conformance.stack import LocalStack
-from conformance.support import REPO, engine_variants, not_applicable
+from conformance.support import REPO, not_applicable, prune_cpu_variants
 from conformance.targets import Target, Unsupported, target_class
 
 from . import gate, machine, report
@@ -85,9 +85,7 @@ def heavy():
 def engine_subset(artifacts: Path, keep: list[str], into: Path) -> Path:
     """A copy of the staged artifacts whose engine ships only the `keep` CPU variants."""
     shutil.copytree(artifacts, into, copy_function=os.link)
-    for lib in (into / "engine").glob("libggml-cpu-*.so"):
-        if lib.name.removeprefix("libggml-cpu-").removesuffix(".so") not in keep:
-            lib.unlink()
+    prune_cpu_variants(into / "engine", keep)
     return into
 
 
@@ -99,7 +97,7 @@ def target(heavy, settings, results) -> Target:
         not_applicable(f"the {settings.target} target is measured per CPU model only (test_cpu_models)")
     appliance = cls(settings, settings.target).start()
     with contextlib.suppress(Unsupported):
-        results["engine_variant"] = ",".join(engine_variants(appliance.engine_proc("maps"))) or "unknown"
+        results["engine_variant"] = machine.loaded_variant(appliance.engine_proc("maps"))
     yield appliance
     appliance.stop()
 

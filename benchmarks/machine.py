@@ -36,8 +36,9 @@ def memory_bandwidth_gbs(mib: int = 256, repeats: int = 5) -> float:
     return 2 * src.nbytes / best / 1e9
 
 
-def loaded_variant(pid: int) -> str:
-    return ",".join(engine_variants(Path(f"/proc/{pid}/maps").read_text())) or "unknown"
+def loaded_variant(proc_maps: str) -> str:
+    """The CPU variants an engine has mapped, for the report (from its /proc/<pid>/maps)."""
+    return ",".join(engine_variants(proc_maps)) or "unknown"
 
 
 def roofline(decode_tps: float, model_bytes: int, bandwidth_gbs: float) -> float:

@@ -6,10 +6,9 @@ import pytest
 
 from conformance.checks import SHORT_PROMPT
 from conformance.stack import LocalStack
-from conformance.support import engine_variants
 from conformance.targets import target_class
 
-from . import gate
+from . import gate, machine
 from .conftest import SETTINGS, direct, proxied
 from .measure import concurrent, interleaved_ratio, one_request, summarize
 
@@ -90,7 +89,7 @@ def test_cpu_models(settings, heavy, results, cpu_model):
         try:
             vm.start()
             sample = one_request(vm.endpoint, 8, prompt=SHORT_PROMPT)
-            variant = ",".join(engine_variants(vm.engine_proc("maps")))
+            variant = machine.loaded_variant(vm.engine_proc("maps"))
         finally:
             vm.stop()
     results.setdefault("cpu_models", {})[f"{cpu_model} ({vm.decision.cpu_mode})"] = {

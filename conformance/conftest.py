@@ -15,7 +15,7 @@ from .endpoint import Endpoint
 from .report import Reporter, claim_of
 from .settings import Settings
 from .support import REPO, not_applicable
-from .targets import Target, capability, target_class
+from .targets import Target, capability, parse_facts, target_class
 
 SETTINGS = pytest.StashKey[Settings]()
 TARGETS_STARTED = pytest.StashKey[dict]()  # column -> Target, for the report
@@ -197,7 +197,7 @@ def native_references(settings, endpoint) -> dict:
     artifacts = REPO / settings.artifacts
     if not (artifacts / "model.env").exists():
         not_applicable(f"no engine build and model in {artifacts}: run `nox -s artifacts`")
-    facts = dict(line.split("=", 1) for line in (artifacts / "model.env").read_text().split())
+    facts = parse_facts((artifacts / "model.env").read_text())
     with endpoint.client() as client:
         served = [m["id"] for m in client.get("/v1/models").json()["data"]]
     if facts["MODEL_ID"] not in served:

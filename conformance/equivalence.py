@@ -20,6 +20,8 @@ import httpx
 
 from vm_fixtures.util import free_port, wait_healthy
 
+from .support import prune_cpu_variants
+
 VARIANTS = ("x64", "sse42", "haswell", "skylakex")  # what the engine build ships, baseline first
 # What each variant needs of the CPU (ggml's own score functions ask for these, /proc/cpuinfo names).
 VARIANT_FLAGS = {"x64": set(), "sse42": {"sse4_2", "ssse3"}, "haswell": {"avx2", "fma", "f16c", "bmi2"},
@@ -124,12 +126,11 @@ class ReferenceEngine:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120) -> ReferenceEngine:
-        for f in self.engine_dir.iterdir():
-            if not f.name.startswith("libggml-cpu-") or f.name == f"libggml-cpu-{self.variant}.so":
-                shutil.copy2(f, self.workdir / f.name)  # a copy: $ORIGIN is the real file's folder
+        # A copy, not links to the build: $ORIGIN (where the server finds its variants) is its own folder.
+        engine = prune_cpu_variants(Path(shutil.copytree(self.engine_dir, self.workdir / "engine")), [self.variant])
         self.log = open(self.workdir / "engine.log", "wb")  # noqa: SIM115 (owned by the process)
         self.proc = subprocess.Popen(
-            [self.workdir / "llama-server", "-m", self.model, "--host", "127.0.0.1", "--port", str(self.port),
+            [engine / "llama-server", "-m", self.model, "--host", "127.0.0.1", "--port", str(self.port),
              "-t", "1", "-c", "1024", "-np", "1", "--jinja", "-lv", "3"], stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
         wait_healthy(self.proc, f"{self.base_url}/health", timeout, f"reference engine ({self.variant})",

@@ -126,6 +126,16 @@ def first_failure(results: Path) -> str:
     return failed[0]["claim"] if failed else ""
 
 
+def verdict(mutant: Mutant, returncode: int) -> str:
+    """From pytest's exit status: 1 some check failed, 0 every check passed, else the suite broke."""
+    if returncode not in (0, 1):
+        return f"error {returncode}"
+    killed = returncode == 1
+    if mutant.equivalent:
+        return "equivalent, KILLED" if killed else "equivalent"
+    return "killed" if killed else "SURVIVED"
+
+
 def run_mutant(mutant: Mutant) -> dict:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"slm-mutant-{mutant.name}-") as tmp:
@@ -138,10 +148,8 @@ def run_mutant(mutant: Mutant) -> dict:
         killer = first_failure(reports / "results-local.json")
     if run.returncode not in (0, 1):
         raise RuntimeError(f"mutant {mutant.name}: the suite itself failed ({run.returncode}):\n{run.stdout[-2000:]}")
-    killed = run.returncode == 1
-    verdict = ("equivalent, KILLED" if killed else "equivalent") if mutant.equivalent else \
-        ("killed" if killed else "SURVIVED")
-    return {**asdict(mutant), "verdict": verdict, "killed_by": killer, "seconds": round(time.monotonic() - started, 1)}
+    return {**asdict(mutant), "verdict": verdict(mutant, run.returncode), "killed_by": killer,
+            "seconds": round(time.monotonic() - started, 1)}
 
 
 INSTALLED = "/etc/one-appliance"  # where packer/provision.sh installs appliance/ in the image
@@ -176,18 +184,18 @@ def run_host_mutants(mutants: list[Mutant]) -> list[dict]:
             finally:
                 vm.execute(f"cat > {path}", stdin=original)
                 Guest.reconfigure(vm, vm.context)
-            verdict = ("equivalent, KILLED" if run.returncode else "equivalent") if mutant.equivalent else \
-                ("killed" if run.returncode == 1 else "SURVIVED" if run.returncode == 0 else f"error {run.returncode}")
-            results.append({**asdict(mutant), "verdict": verdict, "killed_by": killer,
+            results.append({**asdict(mutant), "verdict": verdict(mutant, run.returncode), "killed_by": killer,
                             "seconds": round(time.monotonic() - started, 1)})
-            print(f"mutant {mutant.name} (vm): {verdict} ({killer or '-'}, {results[-1]['seconds']} s)", flush=True)
+            print(f"mutant {mutant.name} (vm): {results[-1]['verdict']} ({killer or '-'}, {results[-1]['seconds']} s)",
+                  flush=True)
     return results
 
 
 def report(results: list[dict], host_side: list[Mutant], out: Path) -> bool:
     judged = [r for r in results if not r["equivalent"]]
     killed = [r for r in judged if r["verdict"] == "killed"]
-    wrong = [r for r in results if r["verdict"] in ("SURVIVED", "equivalent, KILLED")]
+    # Survivors, killed equivalents and mutants the suite could not judge (errors).
+    wrong = [r for r in results if r["verdict"] not in ("killed", "equivalent")]
     score = f"{len(killed)}/{len(judged)}"
     lines = [f"# Mutation score: {score} non-equivalent mutants killed, "
              f"{sum(r['verdict'] == 'equivalent' for r in results)}/{sum(r['equivalent'] for r in results)} "

@@ -69,7 +69,7 @@ class Reporter:
             m = json.loads(manifest.read_text())
             lines.append(f"Image `{image.name}` sha256 `{m['image']['sha256']}`, appliance "
                          f"{m['appliance']['version']}, engine {' '.join(m['artifacts']['engine']['version'])}.")
-        hosts = [t.decision.host for t in self.targets.values() if getattr(t, "decision", None)]
+        hosts = [t.decision.host for t in self.targets.values() if t.decision]
         if hosts:
             host = hosts[0]
             lines.append(f"Host: {host.get('cpu')}; KVM modules: {', '.join(host.get('kvm_modules', [])) or 'none'}; "
@@ -86,7 +86,7 @@ class Reporter:
         return lines
 
     def machine_readable(self, verdict: str) -> dict:
-        targets = {column: {"accelerator": t.decision.as_dict() if getattr(t, "decision", None) else None,
+        targets = {column: {"accelerator": t.decision.as_dict() if t.decision else None,
                             "speed": t.endpoint.measured_speed.as_dict()
                             if t.endpoint and t.endpoint.measured_speed else None}
                    for column, t in self.targets.items()}

@@ -23,6 +23,14 @@ def engine_variants(proc_maps: str) -> list[str]:
     return sorted(set(re.findall(r"libggml-cpu-(\w+)\.so", proc_maps)))
 
 
+def prune_cpu_variants(engine_dir: Path, keep: list[str]) -> Path:
+    """Leave only the `keep` CPU variants in an engine folder: its runtime dispatch picks among them."""
+    for lib in engine_dir.glob("libggml-cpu-*.so"):
+        if lib.name.removeprefix("libggml-cpu-").removesuffix(".so") not in keep:
+            lib.unlink()
+    return engine_dir
+
+
 def exposure_score(systemd_analyze_output: str) -> float:
     """The overall exposure that `systemd-analyze security UNIT` prints on its last line."""
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", systemd_analyze_output)

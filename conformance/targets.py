@@ -34,12 +34,12 @@ class Target:
 
     name: ClassVar[str]
     per_cpu_model: ClassVar[bool] = False  # one appliance per CPU model (the report's matrix columns)
-    disposable: ClassVar[bool] = True  # may be killed, rebooted and reconfigured without asking
     boots_image: ClassVar[bool] = False  # needs dist/ (the nox session builds it first)
 
     def __init__(self, settings: Settings, column: str, shared=None):
         self.settings, self.column, self.shared = settings, column, shared
         self.endpoint: Endpoint | None = None
+        self.decision = None  # a vm_fixtures.accel.Decision where the target chose an accelerator
 
     # -- what the run shares, and the report's columns ----------------------------------------
     @classmethod
@@ -208,15 +208,13 @@ class VmTarget(Target):
         return self.instance
 
     def describe(self) -> list[str]:
-        decision = getattr(self, "decision", None)
-        return ([f"- {self.column}: accelerator {decision.line()}"] if decision else []) + super().describe()
+        return ([f"- {self.column}: accelerator {self.decision.line()}"] if self.decision else []) + super().describe()
 
 
 class UrlTarget(Target):
     """A deployed appliance: its URL, key and CA; with `ssh`, its host; with `destructive`, faults."""
 
     name = "url"
-    disposable = False
 
     @classmethod
     def destructive_refusal(cls, settings: Settings) -> str | None:
@@ -241,8 +239,9 @@ class UrlTarget(Target):
         return self.guest
 
 
-def parse_facts(engine_env: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in engine_env.splitlines()
+def parse_facts(env_file: str) -> dict[str, str]:
+    """KEY=VALUE lines (model.env, engine.env's facts), the engine's argument line left out."""
+    return dict(line.split("=", 1) for line in env_file.splitlines()
                 if "=" in line and not line.startswith("SLM_ENGINE_ARGS="))
 
 

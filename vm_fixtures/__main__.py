@@ -19,13 +19,12 @@ from pathlib import Path
 from artifacts.cache import heavy_job
 
 from .instance import LibvirtPlatform
-from .layout import layout
 
 
 def url_target_env(vm) -> dict[str, str]:
     return {
         "SLM_CONFORMANCE_URL": vm.https_url,
-        "SLM_CONFORMANCE_API_KEY": vm.read_file(layout().api_key).strip(),
+        "SLM_CONFORMANCE_API_KEY": vm.api_key(),
         "SLM_CONFORMANCE_CA_FILE": str(vm.trusted_ca()),
         "SLM_CONFORMANCE_SSH": f"root@127.0.0.1:{vm.ssh_port}",
         "SLM_CONFORMANCE_SSH_KEY": str(vm.ssh_key),

@@ -106,6 +106,9 @@ def boot_probe(image: Path, qemu_cpu: str, seconds: float = PROBE_SECONDS) -> Bo
                      tail(text, 15), " ".join(errors)[:400], missing)
 
 
+MODES = ("maximum", "host-model")  # libvirt CPU modes asked by name; any other name is a QEMU model
+
+
 @dataclass(frozen=True)
 class Decision:
     """How one CPU model is run here: the accelerator, the libvirt CPU definition, and why."""
@@ -130,7 +133,7 @@ class Decision:
     def cpu_xml(self) -> str:
         if self.cpu_mode == "host-passthrough":
             return "<cpu mode='host-passthrough' check='none' migratable='off'/>"
-        if self.cpu_mode in ("maximum", "host-model"):
+        if self.cpu_mode in MODES:
             return f"<cpu mode='{self.cpu_mode}'/>"
         disabled = "".join(f"<feature policy='disable' name='{name}'/>" for name in self.disabled_features)
         return f"<cpu mode='custom' match='exact'><model fallback='forbid'>{self.cpu_mode}</model>{disabled}</cpu>"
@@ -141,10 +144,6 @@ class Decision:
     def line(self) -> str:
         off = f", features off: {','.join(self.disabled_features)}" if self.disabled_features else ""
         return f"{self.cpu_model}: {self.accel} ({self.cpu_mode}{off}): {self.reason}"
-
-
-def qemu_cpu_for_kvm(cpu_model: str) -> str:
-    return "host" if cpu_model == "host" else cpu_model
 
 
 def decide(cpu_model: str, override: str | None, device_problem: str | None,
@@ -197,7 +196,7 @@ def host_facts() -> dict:
 def choose(image: Path, cpu_model: str) -> Decision:
     """The decision for this image and CPU model on this host (a boot probe: up to PROBE_SECONDS)."""
     return decide(cpu_model, os.environ.get("SLM_VM_ACCEL") or None, kvm_device_problem(),
-                  lambda: boot_probe(image, qemu_cpu_for_kvm(cpu_model)), host_facts())
+                  lambda: boot_probe(image, cpu_model), host_facts())
 
 
 LIBVIRT_MISSING = re.compile(r"does not provide required features: ([\w.\-, ]+)")
@@ -208,7 +207,7 @@ def with_libvirt_blockers(decision: Decision, compare: Callable[[str], str | Non
 
     `compare(cpu_xml)` is libvirt's verdict on a CPU definition: None when the hypervisor can run
     it, else libvirt's message. One that still fails after that is refused here, with the message."""
-    if decision.accel != "kvm" or decision.cpu_mode in ("host-passthrough", "maximum", "host-model"):
+    if decision.accel != "kvm" or decision.cpu_mode == "host-passthrough" or decision.cpu_mode in MODES:
         return decision
     refusal = compare(decision.cpu_xml())
     if refusal is None:

@@ -77,14 +77,6 @@ class Instance(Guest):
     def serial_log(self) -> Path:
         return self.workdir / "serial.log"
 
-    @property
-    def kvm(self) -> bool:
-        return self.decision.accel == "kvm"
-
-    @property
-    def emulated(self) -> bool:
-        return not self.kvm
-
     def trusted_ca(self) -> Path:
         """The appliance's private CA, fetched as a client would get it from the report."""
         ca = self.workdir / "ca.crt"
