@@ -9,7 +9,7 @@ nox.options.sessions = ["lint", "tests"]
 
 SHELL_FILES = ["dev", ".ci/run", *glob.glob("appliance/**/*.sh", recursive=True),
                *glob.glob("packer/**/*.sh", recursive=True), "packer/context/slm-context",
-               "packer/context/net-90-service-appliance"]
+               "packer/context/net-90-service-appliance", "appliance/templates/certbot-deploy-hook"]
 
 
 @nox.session

@@ -7,6 +7,7 @@ the negative-control tests run the same functions against deliberately broken ap
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import socket
@@ -21,6 +22,7 @@ import jsonschema
 from hypothesis import strategies as st
 
 from .endpoint import FULL_SIZE_S, SPEED_PROMPT, Endpoint, approx_tokens, stream_chat  # noqa: F401 (Endpoint re-exported)
+from .support import wait_until
 
 CHUNK_SCHEMA = {  # OpenAI chat.completion.chunk, the fields clients rely on
     "type": "object",
@@ -183,20 +185,22 @@ def presented_rightly(key: str) -> st.SearchStrategy[str]:
 
 
 def auth_properties(ep: Endpoint, wrong_examples: int = 150, right_examples: int = 10) -> dict:
-    """Every header that is not the key in an accepted form is refused with 401; the key in every
-    accepted form (Bearer in any case, Basic with any user) is served. Generated from the key itself."""
+    """Every header that is not the key in an accepted form is refused (401, or 429 once the failed-
+    authentication limit applies); the key in every accepted form (Bearer in any case, Basic with any
+    user) is served. Generated from the key itself."""
     from hypothesis import HealthCheck, given
     from hypothesis import settings as run
 
-    tried = {"refused": 0, "accepted": 0}
+    tried = {"refused": 0, "refused_by_limit": 0, "accepted": 0}
     quiet = {"deadline": None, "derandomize": True, "suppress_health_check": list(HealthCheck), "database": None}
     with ep.client(auth=False) as anon:
         @run(max_examples=wrong_examples, **quiet)
         @given(header=presented_wrongly(ep.api_key))
         def refused(header):
             r = anon.get("/v1/models", headers={"Authorization": header} if header else {})
-            assert r.status_code == 401, f"a wrong credential got HTTP {r.status_code}: {redact(header, ep.api_key)}"
+            assert auth_refused(r), f"a wrong credential got HTTP {r.status_code}: {redact(header, ep.api_key)}"
             tried["refused"] += 1
+            tried["refused_by_limit"] += r.status_code == 429
 
         @run(max_examples=right_examples, **quiet)
         @given(header=presented_rightly(ep.api_key))
@@ -327,6 +331,9 @@ def key_absent_from_logs(ep: Endpoint, target) -> dict:
         for header in (f"Bearer {ep.api_key}", basic_auth("user", ep.api_key), f"Bearer {ep.api_key}x",
                        basic_auth(ep.api_key, "")):
             anon.get("/v1/models", headers={"Authorization": header})
+        # A generation too: the engine receives the key from nginx and logs requests at debug.
+        anon.post("/v1/chat/completions", headers={"Authorization": f"Bearer {ep.api_key}"},
+                  json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
     time.sleep(1)  # nginx writes its logs after the response
     logs = target.logs()
     assert ep.api_key not in logs, f"the API key is in the appliance's logs ({logs.count(ep.api_key)} times)"
@@ -394,6 +401,101 @@ def engine_unavailable(ep: Endpoint) -> dict:
     assert len(retry) == 1 and retry[0].isdigit(), f"503 needs one Retry-After in seconds, got {retry}"
     assert r.json()["error"]["code"] == 503
     return {}
+
+
+def frozen_engine(ep: Endpoint, within_s: float = 20) -> dict:
+    """A frozen engine (alive and listening, never answering) costs a status or model-list client
+    seconds, not the hour a generation may take: 503 with one Retry-After."""
+    took = {}
+    with ep.client(timeout=within_s + 5) as client:
+        for path in ("/health", "/v1/models"):
+            start = time.monotonic()
+            try:
+                r = client.get(path)
+            except httpx.TimeoutException:
+                raise AssertionError(f"{path} gave no answer within {within_s + 5:.0f} s of a frozen engine") from None
+            took[path] = round(time.monotonic() - start, 1)
+            assert r.status_code == 503, f"{path} with the engine frozen: HTTP {r.status_code}"
+            assert took[path] <= within_s, f"{path}: 503 after {took[path]} s, expected within {within_s} s"
+            retry = r.headers.get_list("retry-after")
+            assert len(retry) == 1 and retry[0].isdigit(), f"503 needs one Retry-After in seconds, got {retry}"
+    return {f"{path}_s": s for path, s in took.items()}
+
+
+AUTH_LIMITED = "Too many failed authentication attempts"
+
+
+def auth_refused(r: httpx.Response) -> bool:
+    """A refusal that proves the key was judged wrong: 401, or the failed-authentication limit's 429
+    (which only requests that failed authentication reach)."""
+    return r.status_code == 401 or (r.status_code == 429 and AUTH_LIMITED in r.text)
+
+
+def failed_auth_limited(ep: Endpoint, attempts: int = 60) -> dict:
+    """Guessing keys is slowed per client address (429 with Retry-After), while the right key keeps
+    working from the same address; the limit lifts by itself."""
+    codes = []
+    with ep.client(auth=False) as anon:
+        for i in range(attempts):
+            r = anon.get("/v1/models", headers={"Authorization": f"Bearer sk-guess-{i:04d}"})
+            codes.append(r.status_code)
+            assert auth_refused(r), f"a wrong key got HTTP {r.status_code}: {r.text[:120]}"
+            if r.status_code == 429:
+                assert r.headers.get_list("retry-after") == ["1"], f"429 needs Retry-After: {dict(r.headers)}"
+        limited = codes.count(429)
+        assert limited > 0, f"{attempts} wrong keys in a row: {codes.count(401)} x 401 and no 429"
+        ok = anon.get("/v1/models", headers={"Authorization": f"Bearer {ep.api_key}"}).status_code
+        assert ok == 200, f"the right key was refused during a guessing burst from the same address: HTTP {ok}"
+        wait_until(lambda: anon.get("/v1/models", headers={"Authorization": "Bearer sk-wrong"}).status_code == 401,
+                   60, interval=2, what="the failed-authentication limit to lift")
+    return {"sent": attempts, "limited": limited}
+
+
+def with_key(ep: Endpoint, key: str) -> Endpoint:
+    return dataclasses.replace(ep, api_key=key)
+
+
+def named_keys_served(ep: Endpoint, target) -> dict:
+    """Every key of ONEAPP_SLM_API_KEYS is served, Bearer and Basic; the access log names the id
+    of the key that was used, never the key."""
+    keys = target.named_keys()
+    assert keys, "no named keys configured"
+    with ep.client(auth=False) as anon:
+        for key_id, key in keys.items():
+            for header in (f"Bearer {key}", basic_auth("someone", key)):
+                r = anon.get("/v1/models", headers={"Authorization": header, "User-Agent": f"named-{key_id}"})
+                assert r.status_code == 200, f"the key of {key_id} was refused: HTTP {r.status_code}"
+    time.sleep(1)  # nginx writes its logs after the response
+    logs = target.logs()
+    for key_id, key in keys.items():
+        assert key not in logs, f"the key of {key_id} is in the logs"
+        assert re.search(rf'"named-{re.escape(key_id)}" \S+ key={re.escape(key_id)}\b', logs), \
+            f"no access log line names the key id {key_id}"
+    return {"ids": len(keys)}
+
+
+def per_key_limit(ep: Endpoint, target, requests: int = 40) -> dict:
+    """A key sending faster than its own limit gets 429 while another key, from the same address,
+    is still served: the limit follows the key (ONEAPP_SLM_KEY_RATE_LIMIT), not only the address."""
+    (first, flooding), (second, other) = list(target.named_keys().items())[:2]
+    with with_key(ep, flooding).client() as client:
+        codes = [client.get("/v1/models").status_code for _ in range(requests)]
+    assert codes.count(429) > 0, f"{requests} requests in a row with the key of {first}: no 429"
+    with with_key(ep, other).client() as client:
+        status = client.get("/v1/models").status_code
+    assert status == 200, f"the key of {second} was limited by {first}'s traffic: HTTP {status}"
+    time.sleep(3)
+    return {"sent": requests, "limited": codes.count(429)}
+
+
+def health_limited(ep: Endpoint, requests: int = 80) -> dict:
+    """/health is public, and so rate-limited like the API: a flood gets 429, then it answers again."""
+    with ep.client(auth=False) as anon:
+        codes = [anon.get("/health").status_code for _ in range(requests)]
+        assert codes.count(429) > 0, f"{requests} back-to-back /health requests and no 429"
+        assert set(codes) <= {200, 429}, f"unexpected statuses {sorted(set(codes))}"
+        wait_until(lambda: anon.get("/health").status_code == 200, 30, interval=1, what="/health after the flood")
+    return {"sent": requests, "limited": codes.count(429)}
 
 
 def openai_sdk(ep: Endpoint) -> dict:

@@ -70,8 +70,8 @@ class Endpoint:
     def client(self, auth: bool = True, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if auth else {}
         headers.update(kwargs.pop("headers", {}))
-        return httpx.Client(base_url=self.base_url, headers=headers, verify=self.tls_context(), timeout=TIMEOUT,
-                            **kwargs)
+        kwargs.setdefault("timeout", TIMEOUT)
+        return httpx.Client(base_url=self.base_url, headers=headers, verify=self.tls_context(), **kwargs)
 
     def wait_serving(self, timeout: float, interval: float = 1.0) -> float:
         """Seconds until an authenticated /v1/models answers 200; AssertionError after `timeout`."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -80,6 +82,10 @@ class Target:
         self.host().execute(f"systemctl start {layout().engine_unit}")
         self.endpoint.wait_serving(timeout=600)
 
+    def signal_engine(self, signal_name: str) -> None:
+        """SIGSTOP freezes the engine (alive, listening, never answering); SIGCONT thaws it."""
+        self.host().execute(f"systemctl kill --kill-whom=main --signal={signal_name} {layout().engine_unit}")
+
     def engine_proc(self, name: str) -> str:
         """/proc/<engine pid>/<name> on the appliance (maps: its CPU variant; status: its memory)."""
         return self.host().engine_proc(name)
@@ -92,6 +98,10 @@ class Target:
     def configured(self) -> dict[str, str]:
         """What configure decided (engine.env's SLM_* facts besides the engine's arguments)."""
         return parse_facts(self.host().read_file(f"{layout().conf_dir}/engine.env"))
+
+    def named_keys(self) -> dict[str, str]:
+        """ONEAPP_SLM_API_KEYS as configure kept them: id -> key."""
+        return parse_named_keys(self.host().read_file(layout().api_keys_file))
 
     def engine_props(self) -> dict:
         """The engine's own account of what it serves (llama-server's /props, on the host's loopback;
@@ -141,11 +151,17 @@ class LocalTarget(Target):
     def start_engine(self) -> None:
         self.stack.start_engine()
 
+    def signal_engine(self, signal_name: str) -> None:
+        os.kill(self.stack.engine.pid, getattr(signal, signal_name))
+
     def engine_proc(self, name: str) -> str:
         return (Path("/proc") / str(self.stack.engine.pid) / name).read_text()
 
     def configured(self) -> dict[str, str]:
         return parse_facts(self.stack.path(f"{layout().conf_dir}/engine.env").read_text())
+
+    def named_keys(self) -> dict[str, str]:
+        return parse_named_keys(self.stack.path(layout().api_keys_file).read_text())
 
     def engine_props(self) -> dict:
         return httpx.get(f"http://127.0.0.1:{self.stack.ports['engine']}/props", timeout=30,
@@ -243,6 +259,10 @@ def parse_facts(env_file: str) -> dict[str, str]:
     """KEY=VALUE lines (model.env, engine.env's facts), the engine's argument line left out."""
     return dict(line.split("=", 1) for line in env_file.splitlines()
                 if "=" in line and not line.startswith("SLM_ENGINE_ARGS="))
+
+
+def parse_named_keys(text: str) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
 
 
 def capability(what):

@@ -76,6 +76,24 @@ def test_503_with_retry_after_while_engine_down(target, endpoint, record):
         target.start_engine()
 
 
+@pytest.mark.destructive
+def test_frozen_engine_answers_503_within_seconds(target, endpoint, record):
+    capability(lambda: target.signal_engine("SIGSTOP"))
+    try:
+        record(checks.frozen_engine(endpoint))
+    finally:
+        target.signal_engine("SIGCONT")
+    endpoint.wait_serving(timeout=120)
+
+
+def test_failed_authentication_is_rate_limited(endpoint, record):
+    record(checks.failed_auth_limited(endpoint))
+
+
+def test_health_is_rate_limited(endpoint, record):
+    record(checks.health_limited(endpoint))
+
+
 def test_tls_legacy_versions_refused(endpoint, record):
     record(checks.tls_versions(endpoint))
 

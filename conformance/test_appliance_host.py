@@ -11,6 +11,7 @@ import contextlib
 import subprocess
 import threading
 import time
+from datetime import UTC
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from vm_fixtures.layout import layout
 from . import checks
 from .endpoint import Endpoint, stream_chat
 from .support import REPO, engine_variants, exposure_score, not_applicable, wait_until
+from .targets import parse_named_keys
 
 LAYOUT = layout()
 # What the guest's CPU offers of what the engine's variants are built for (the report's CPU matrix).
@@ -134,6 +136,45 @@ def test_engine_sandbox_exposure(host_view, record):
     record({"engine_exposure": score})
 
 
+def test_nginx_sandbox_exposure(host_view, record):
+    """Debian's nginx unit scores 9.6 (UNSAFE) as shipped; the appliance's drop-in sandboxes it."""
+    score = exposure_score(host_view.run("systemd-analyze security nginx --no-pager").stdout)
+    assert score <= 3.0, f"nginx sandbox exposure {score} > 3.0"
+    record({"nginx_exposure": score})
+
+
+def test_logs_unreadable_by_other_users(host_view):
+    """Logs name clients, paths and timings: no other user may read them (root and adm only)."""
+    log_dir = host_view.file(LAYOUT.log_dir)
+    assert log_dir.mode & 0o007 == 0, f"{LAYOUT.log_dir}: mode {oct(log_dir.mode)}"
+    readable = host_view.run(f"find {LAYOUT.log_dir} -type f -perm /o=r").stdout.split()
+    assert not readable, f"world-readable logs: {readable}"
+
+
+def test_logs_rotated_by_size_and_time(host_view):
+    """logrotate (hourly, for maxsize) covers the proxy's logs; the journal is capped."""
+    out = host_view.run("logrotate --debug /etc/logrotate.conf 2>&1")
+    assert f"{LAYOUT.log_dir}/*.log" in out.stdout and "maxsize" in host_view.file("/etc/logrotate.d/slm-copilot")\
+        .content_string, out.stdout[-800:]
+    assert host_view.service("logrotate.timer").is_enabled
+    timer = host_view.run("systemctl show -p TimersCalendar --value logrotate.timer").stdout
+    assert "hourly" in timer or "*:00:00" in timer, f"logrotate runs only {timer.strip()}: maxsize is not checked"
+    assert "SystemMaxUse=" in host_view.run("systemd-analyze cat-config systemd/journald.conf").stdout
+
+
+def test_certificate_renewal_scheduled(host_view):
+    timer = host_view.service(f"{LAYOUT.renew_unit}.timer")
+    assert timer.is_enabled and timer.is_running, f"{LAYOUT.renew_unit}.timer is not enabled and active"
+
+
+def test_ca_signs_only_for_the_appliance(host_view, record):
+    """The CA clients are told to trust carries critical name constraints and may not sign CAs."""
+    ext = host_view.run(f"openssl x509 -noout -ext nameConstraints,basicConstraints -in {LAYOUT.ca_cert}").stdout
+    assert "Name Constraints: critical" in ext and "Permitted:" in ext, ext
+    assert "pathlen:0" in ext, ext
+    record({"permitted": sum(line.strip().startswith(("DNS:", "IP:")) for line in ext.splitlines())})
+
+
 @pytest.mark.core
 def test_engine_cpu_variant(guest, record):
     variants = engine_variants(guest.engine_proc("maps"))
@@ -165,6 +206,120 @@ def test_engine_port_check_catches_an_exposed_engine(guest):
     finally:
         guest.execute(f"systemctl stop slm-negative-control; systemctl start {LAYOUT.engine_unit}", check=False)
         Endpoint.of_guest(guest).wait_serving(timeout=600)
+
+
+def served_certificate(guest) -> tuple[str, float]:
+    """The certificate nginx serves (as a client sees it) and the days it has left."""
+    import ssl
+    from datetime import datetime
+
+    host, port = Endpoint.of_guest(guest).base_url.removeprefix("https://").rsplit(":", 1)
+    pem = ssl.get_server_certificate((host.strip("[]"), int(port)))
+    end = subprocess.run(["openssl", "x509", "-noout", "-enddate"], input=pem, capture_output=True,
+                         text=True).stdout.strip().split("=", 1)[1]
+    ends = datetime.strptime(end, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC)
+    return pem, (ends - datetime.now(UTC)).total_seconds() / 86400
+
+
+@pytest.mark.destructive
+def test_expiring_certificate_renewed_and_served(guest, record):
+    """A server certificate 5 days from its end: the renewal the timer runs re-issues it and nginx
+    serves the new one (without a boot, a reconfiguration or a dropped key)."""
+    if not guest.disposable:
+        not_applicable("renewal replaces the appliance's certificate: disposable hosts only")
+    tls = LAYOUT.ca_cert.rsplit("/", 1)[0]
+    guest.execute(f"cd {tls} && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=x "
+                  "-keyout server.key -out short.csr 2>/dev/null && openssl x509 -req -in short.csr -CA ca.crt "
+                  "-CAkey ca.key -days 5 -out server.crt -extfile <(echo subjectAltName=$(cat server.sans)) "
+                  "2>/dev/null && cat server.crt ca.crt > active.crt && cp server.key active.key && "
+                  "rm short.csr && systemctl reload nginx")
+    short, left = served_certificate(guest)
+    assert left < 6, f"the short-lived certificate is not served ({left:.0f} days left)"
+    guest.execute(f"systemctl start {LAYOUT.renew_unit}.service", timeout=120)
+    renewed, left = served_certificate(guest)
+    assert renewed != short and left > 300, f"after the renewal nginx serves a certificate with {left:.0f} days left"
+    checks.auth(Endpoint.of_guest(guest))
+    record({"days_left_after_renewal": round(left)})
+
+
+@pytest.mark.destructive
+def test_logs_rotate_and_nginx_writes_the_new_file(guest, record):
+    if not guest.disposable:
+        not_applicable("a forced rotation changes the appliance's log files: disposable hosts only")
+    access = f"{LAYOUT.log_dir}/access.log"
+    guest.execute("logrotate -f /etc/logrotate.d/slm-copilot")
+    assert guest.execute(f"test -s {access}.1", check=False).returncode == 0, "access.log was not rotated"
+    with Endpoint.of_guest(guest).client() as client:
+        client.get("/v1/models", headers={"User-Agent": "after-rotation"})
+    wait_until(lambda: "after-rotation" in guest.execute(f"cat {access}", check=False).stdout, 30, interval=1,
+               what="nginx logging to the new access.log")
+    mode = guest.execute(f"stat -c %a {access}").stdout.strip()
+    assert mode in ("640", "600"), f"the new access.log has mode {mode}"
+    record({"new_log_mode": mode})
+
+
+@pytest.mark.destructive
+@pytest.mark.budget(900)
+def test_bootstrap_fails_when_the_engine_cannot_start(guest, record):
+    """An engine that cannot start fails bootstrap: exit status, status file, report and login banner
+    say so (no READY). A bootstrap after the cause is gone serves again."""
+    # An engine that starts and then dies while loading (a corrupt model, too little memory): the
+    # unit starts fine, so only waiting for the engine to answer can tell.
+    drop_in = f"/run/systemd/system/{LAYOUT.engine_unit}.service.d/conformance-fail.conf"
+    guest.execute(f"mkdir -p {drop_in.rsplit('/', 1)[0]} && printf '%s\\n' '[Service]' 'ExecStart=' "
+                  f"'ExecStart=/bin/sh -c \"sleep 3; exit 1\"' > {drop_in} && systemctl daemon-reload && "
+                  f"systemctl stop {LAYOUT.engine_unit}")  # as at boot: the engine is not running yet
+    try:
+        run = guest.execute("/etc/one-appliance/service bootstrap", timeout=600, check=False)
+        status = guest.read_file("/etc/one-appliance/status").strip()
+        motd = guest.read_file("/etc/motd")
+        report_status = guest.execute(f"sed -n 's/^status = //p' {LAYOUT.report}").stdout.strip()
+    finally:
+        guest.execute(f"rm -f {drop_in} && systemctl daemon-reload")
+    assert run.returncode != 0, "bootstrap exited 0 with an engine that cannot start"
+    assert status == "bootstrap_failure", f"status file says {status!r}"
+    assert "ready" not in motd.lower() and "NOT serving" in motd, motd
+    assert report_status.startswith("engine failed"), f"report status {report_status!r}"
+    again = guest.execute("/etc/one-appliance/service bootstrap", timeout=900, check=False)
+    assert again.returncode == 0, again.stdout[-800:] + again.stderr[-800:]
+    assert guest.read_file("/etc/one-appliance/status").strip() == "bootstrap_success"
+    Endpoint.of_guest(guest).wait_serving(timeout=600)
+    record({"failed_bootstrap_rc": run.returncode, "status": status})
+
+
+def engine_pid(guest) -> str:
+    return guest.execute(f"systemctl show -p MainPID --value {LAYOUT.engine_unit}").stdout.strip()
+
+
+@pytest.mark.destructive
+@pytest.mark.budget(900)
+def test_key_rotation_keeps_other_keys_and_streams(guest, record):
+    """Named keys rotated by a context update: the removed key is refused at once, the kept one
+    works, a stream in flight on it runs to [DONE], and the engine is not restarted for it."""
+    with handed_back(guest):
+        # Live, as one-context applies a context update to a running VM (a reboot ends any stream).
+        guest.recontextualize({**guest.context, "ONEAPP_SLM_API_KEYS": "alice,bob"})
+        keys = parse_named_keys(guest.read_file(LAYOUT.api_keys_file))
+        ep = Endpoint.of_guest(guest)
+        alice, bob = checks.with_key(ep, keys["alice"]), checks.with_key(ep, keys["bob"])
+        pid = engine_pid(guest)
+        result: dict = {}
+        worker = threading.Thread(target=lambda: result.update(
+            stream=stream_chat(alice, checks.SHORT_PROMPT, max_tokens=48, ignore_eos=True)))
+        worker.start()
+        time.sleep(5)  # the stream is under way
+        timing = guest.recontextualize({**guest.context, "ONEAPP_SLM_API_KEYS": "alice"})
+        with bob.client() as client:
+            assert client.get("/v1/models").status_code == 401, "the removed key still works"
+        with alice.client() as client:
+            assert client.get("/v1/models").status_code == 200, "the kept key stopped working"
+        worker.join(timeout=600)
+        s = result.get("stream")
+        assert s and s.status == 200 and s.events and s.events[-1][1] == "[DONE]", \
+            f"the stream in flight was cut by the rotation: {getattr(s, 'status', None)}"
+        assert engine_pid(guest) == pid, "the engine was restarted although only keys changed"
+        guest.recontextualize(guest.context)  # the deployed context again (no named keys)
+    record({**timing, "stream_events": len(s.events)})
 
 
 def kill_and_wait(guest, ep: Endpoint, process: str) -> float:

@@ -6,7 +6,9 @@ same check function the suite runs against every target. Only the local target r
 from __future__ import annotations
 
 import base64
+import os
 import re
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,6 +33,7 @@ class Defect:
     broken: str = ""
     context: dict = field(default_factory=dict)
     engine_down: bool = False
+    engine_frozen: bool = False  # SIGSTOP: alive and listening, never answering
     regex: bool = False  # `good` is a regular expression (rendered values vary with the host)
     with_target: bool = False  # the check also takes the target's view of the broken appliance
 
@@ -50,6 +53,9 @@ def foreign_certificate(tmp) -> dict:
 
 
 IDE, EVIL = "https://ide.example.com", "https://evil.example.net"
+NAMED_KEYS = {"ONEAPP_SLM_API_KEYS": "alice,bob:sk-bob-conformance-0123"}
+# The address limit far above the per-key one: only the key's limit can answer 429.
+KEY_LIMITED = {**NAMED_KEYS, "ONEAPP_SLM_RATE_LIMIT": "200", "ONEAPP_SLM_KEY_RATE_LIMIT": "2"}
 
 DEFECTS = {
     # llama-server sends X-Accel-Buffering: no, which alone keeps nginx streaming: ignore it too.
@@ -69,10 +75,12 @@ DEFECTS = {
     "certificate_not_from_appliance_ca": Defect(checks.openai_sdk, context={"foreign_cert": "yes"}),
     # The history does not fit: the engine must refuse (400), and the check must notice.
     "context_too_small": Defect(checks.coherence, context={"ONEAPP_SLM_CONTEXT_SIZE": "512"}),
-    "truncated_key_accepted": Defect(checks.auth_properties, "auth.js", "digest(given) === digest(key)",
-                                     "key.startsWith(given) && given.length >= 8"),
-    "key_case_ignored": Defect(checks.auth_properties, "auth.js", "digest(given) === digest(key)",
-                               "given.toLowerCase() === key.toLowerCase()"),
+    "truncated_key_accepted": Defect(checks.auth_properties, "auth.js", "entry.slice(colon + 1) === d",
+                                     "(entry.slice(colon + 1) === d || (r.variables.slm_api_key.startsWith(given)"
+                                     " && given.length >= 8))"),
+    "key_case_ignored": Defect(checks.auth_properties, "auth.js", "entry.slice(colon + 1) === d",
+                               "(entry.slice(colon + 1) === d || given.toLowerCase() === "
+                               "r.variables.slm_api_key.toLowerCase())"),
     # 401 without the key as it should, yet nothing works with it.
     "completions_broken_behind_auth": Defect(checks.legacy_completions, "nginx.conf", "location = /v1/completions {",
                                              "location = /v1/completions {\n        proxy_method GET;"),
@@ -88,9 +96,25 @@ DEFECTS = {
                                               with_target=True),
     "model_served_under_another_id": Defect(served_config, "engine.env", r"--alias \S+", "--alias coder-7b",
                                             regex=True, with_target=True),
-    # nginx at debug level logs request headers, the key among them (issue: debug must not leak it).
-    "key_logged_at_debug_level": Defect(checks.key_absent_from_logs, context={"ONEAPP_SLM_LOG_LEVEL": "debug"},
-                                        with_target=True),
+    # nginx at its own debug level logs request and upstream headers, the key among them:
+    # ONEAPP_SLM_LOG_LEVEL=debug must not reach nginx as debug.
+    "key_logged_at_nginx_debug_level": Defect(checks.key_absent_from_logs, "nginx.conf", r"error\.log \w+;",
+                                              "error.log debug;", regex=True,
+                                              context={"ONEAPP_SLM_LOG_LEVEL": "debug"}, with_target=True),
+    # The generation timeout (an hour) on the status and list endpoints: a frozen engine hangs them.
+    "status_waits_for_a_frozen_engine": Defect(checks.frozen_engine, "nginx.conf", r"proxy_read_timeout 10s;",
+                                               "proxy_read_timeout 3600s;", regex=True, engine_frozen=True),
+    "failed_auth_unlimited": Defect(checks.failed_auth_limited, "nginx.conf", "limit_req zone=slm_auth_fail",
+                                    "#limit_req zone=slm_auth_fail"),
+    "named_keys_refused": Defect(checks.named_keys_served, "auth.js", "entry.slice(colon + 1) === d",
+                                 "entry.slice(colon + 1) === d && entry.slice(0, colon) === 'default'",
+                                 context=NAMED_KEYS, with_target=True),
+    "key_id_not_logged": Defect(checks.named_keys_served, "nginx.conf", "key=$slm_key_id", "key=-",
+                                context=NAMED_KEYS, with_target=True),
+    "no_per_key_limit": Defect(checks.per_key_limit, "protected.conf", "limit_req zone=slm_key",
+                               "#limit_req zone=slm_key", context=KEY_LIMITED, with_target=True),
+    "health_unlimited": Defect(checks.health_limited, "nginx.conf", "limit_req zone=slm_health",
+                               "#limit_req zone=slm_health"),
     "key_logged_as_basic_user": Defect(checks.key_absent_from_logs, "nginx.conf", "/access.log slm_access;",
                                        "/access.log;", with_target=True),
     "metrics_routed_to_the_model_list": Defect(checks.models_and_metrics, "nginx.conf", "location = /metrics {",
@@ -118,12 +142,16 @@ def test_negative_control(settings, endpoint, name, tmp_path, record):
     stack.start_nginx()
     if defect.engine_down:
         stack.stop_engine()
+    if defect.engine_frozen:
+        os.kill(stack.engine.pid, signal.SIGSTOP)
     try:
         with pytest.raises(AssertionError) as caught:
             ep = Endpoint.of_stack(stack, speed=endpoint.speed)
             defect.check(ep, LocalTarget.around(stack, settings)) if defect.with_target else defect.check(ep)
         record({"caught": str(caught.value).splitlines()[0][:120]})
     finally:
+        if defect.engine_frozen:
+            os.kill(stack.engine.pid, signal.SIGCONT)
         stack.stop()
 
 
@@ -141,6 +169,31 @@ def test_equivalence_check_catches_a_perturbed_model(settings, native_references
     with pytest.raises(AssertionError, match=f"against the native {variant} reference") as caught:
         assert_equivalent(served, native_references, variant)
     record({"caught": str(caught.value).splitlines()[0][:160]})
+
+
+def test_debug_log_level_keeps_the_key_out_of_logs(settings, endpoint, record):
+    """ONEAPP_SLM_LOG_LEVEL=debug, every request kind sent: no log holds the key (the twin of
+    key_logged_at_nginx_debug_level)."""
+    stack = LocalStack(REPO / settings.artifacts, context={"ONEAPP_SLM_LOG_LEVEL": "debug"})
+    stack.start()
+    try:
+        ep = Endpoint.of_stack(stack, speed=endpoint.speed)
+        record(checks.key_absent_from_logs(ep, LocalTarget.around(stack, settings)))
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize("context,check", [(NAMED_KEYS, checks.named_keys_served),
+                                           (KEY_LIMITED, checks.per_key_limit)],
+                         ids=["named_keys_served_and_logged_by_id", "per_key_limit_spares_other_keys"])
+def test_named_keys(settings, endpoint, record, context, check):
+    """The twins of named_keys_refused, key_id_not_logged and no_per_key_limit."""
+    stack = LocalStack(REPO / settings.artifacts, context=context)
+    stack.start()
+    try:
+        record(check(Endpoint.of_stack(stack, speed=endpoint.speed), LocalTarget.around(stack, settings)))
+    finally:
+        stack.stop()
 
 
 def test_cors_origin_list_holds_on_proxied_responses(settings, endpoint, record):

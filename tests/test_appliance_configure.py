@@ -111,10 +111,10 @@ def test_certificate_kept_until_the_names_change(stack):
     ca, crt = (stack.path(f"/var/lib/slm-copilot/tls/{n}").read_bytes() for n in ("ca.crt", "server.crt"))
     stack.configure()
     assert stack.path("/var/lib/slm-copilot/tls/server.crt").read_bytes() == crt
+    assert stack.path("/var/lib/slm-copilot/tls/ca.crt").read_bytes() == ca
     stack.context = {"ONEAPP_SLM_DOMAIN": "copilot.example.com"}
     stack.configure()
     assert stack.path("/var/lib/slm-copilot/tls/server.crt").read_bytes() != crt
-    assert stack.path("/var/lib/slm-copilot/tls/ca.crt").read_bytes() == ca, "the CA must survive a re-issue"
     text = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in",
                            stack.path("/var/lib/slm-copilot/tls/server.crt")], capture_output=True, text=True).stdout
     assert "DNS:copilot.example.com" in text and "IP Address:127.0.0.1" in text and "DNS:localhost" in text
@@ -125,6 +125,29 @@ def _pair(tmp: Path, name: str) -> tuple[str, str]:
                     "-subj", "/CN=custom", "-days", "2", "-keyout", tmp / f"{name}.key", "-out", tmp / f"{name}.crt"],
                    check=True, capture_output=True)
     return tuple(base64.b64encode((tmp / f"{name}.{e}").read_bytes()).decode() for e in ("crt", "key"))
+
+
+def named_keys(stack: LocalStack) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in stack.path("/var/lib/slm-copilot/api_keys").read_text().splitlines())
+
+
+def test_named_keys_generated_kept_and_removed(stack):
+    stack.context = {"ONEAPP_SLM_API_KEYS": "alice, bob:sk-bob-chosen-key-0123"}
+    stack.configure()
+    keys = named_keys(stack)
+    assert keys["bob"] == "sk-bob-chosen-key-0123" and re.fullmatch(r"sk-[A-Za-z0-9]{48}", keys["alice"])
+    assert stack.path("/var/lib/slm-copilot/api_keys").stat().st_mode & 0o077 == 0
+    secret = stack.path("/etc/slm-copilot/secret.conf").read_text()
+    assert "sk-bob-chosen-key-0123" not in secret and keys["alice"] not in secret, "nginx holds digests, not keys"
+    for digest in (hashlib.sha256(k.encode()).hexdigest() for k in keys.values()):
+        assert digest in secret
+    stack.context = {"ONEAPP_SLM_API_KEYS": "alice,carol"}
+    stack.configure()
+    again = named_keys(stack)
+    assert again["alice"] == keys["alice"], "a generated key must survive reconfiguration"
+    assert "bob" not in again and again["carol"] != keys["alice"]
+    assert hashlib.sha256(b"sk-bob-chosen-key-0123").hexdigest() not in \
+        stack.path("/etc/slm-copilot/secret.conf").read_text(), "a removed key is still accepted"
 
 
 def test_custom_tls_key_must_match(stack, tmp_path):
@@ -146,6 +169,19 @@ def test_engine_unit_sandbox_exposure_at_most_3():
     assert out.returncode == 0 and score <= 3.0, out.stdout[-500:]
 
 
+def test_nginx_unit_with_the_appliance_drop_in_exposure_at_most_3(tmp_path):
+    """Debian's nginx unit (9.6 UNSAFE as shipped) with the appliance's drop-in, judged offline."""
+    shipped = Path("/lib/systemd/system/nginx.service").read_text()
+    drop_in = [line for line in (REPO / "appliance/templates/nginx-service.conf").read_text().splitlines()
+               if line and not line.startswith(("#", "["))]
+    unit = tmp_path / "nginx.service"
+    unit.write_text(shipped.replace("[Install]", "\n".join(drop_in) + "\n\n[Install]"))
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=100", unit],
+                         capture_output=True, text=True)
+    score = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout).group(1))
+    assert score <= 3.0, out.stdout[-1500:]
+
+
 # --- the parameter space ----------------------------------------------------------------------
 
 VALID = {
@@ -158,6 +194,8 @@ VALID = {
     "ONEAPP_SLM_CORS_ORIGINS": st.sampled_from(["*", "https://a.example.com", "http://localhost:3000,https://b.io"]),
     "ONEAPP_SLM_DOMAIN": st.sampled_from(["", "copilot.example.com", "x1.y-2.org"]),
     "ONEAPP_SLM_API_KEY": st.one_of(st.just(""), st.from_regex(r"[A-Za-z0-9._~+/=-]{16,64}", fullmatch=True)),
+    "ONEAPP_SLM_API_KEYS": st.sampled_from(["", "alice", "alice,bob:sk-bob-key-0123456789abc", " carol , dave ,"]),
+    "ONEAPP_SLM_KEY_RATE_LIMIT": st.integers(1, 1000).map(str),
 }
 HOSTILE = ["$(touch {m})", "`touch {m}`", "; touch {m}", "x\ntouch {m}", "'; touch {m}; '", '"$(touch {m})"',
            "${{IFS}}touch${{IFS}}{m}", "|touch {m}", "a" * 5000]
@@ -172,6 +210,9 @@ INVALID = {
     "ONEAPP_SLM_CORS_ORIGINS": ["ftp://x", "https://a.com/path"],
     "ONEAPP_SLM_DOMAIN": ["-bad.example", "a..b"],
     "ONEAPP_SLM_API_KEY": ["short", 'sk-has"quote-0123456789', "sk-has space-0123456789", "sk-dollar$var-0123456"],
+    "ONEAPP_SLM_API_KEYS": ["Alice", "alice:short", "alice,alice", "default", "a b", "alice:sk-has space-0123456789",
+                            "alice:sk-same-key-0123456789,bob:sk-same-key-0123456789", ":sk-no-id-0123456789ab"],
+    "ONEAPP_SLM_KEY_RATE_LIMIT": ["0", "many"],
 }
 SLOW = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -198,6 +239,9 @@ def test_every_invalid_value_is_rejected_by_name(stack, variable, value):
     assert out.returncode != 0 and f"{variable}=" in out.stdout, out.stdout[-400:]
     if variable == "ONEAPP_SLM_API_KEY":
         assert value not in out.stdout, "the rejected key was echoed to the log"
+    if variable == "ONEAPP_SLM_API_KEYS" and ":" in value:
+        key = value.split(":", 1)[1].split(",")[0]
+        assert key not in out.stdout, "a rejected named key was echoed to the log"
 
 
 @pytest.mark.parametrize("variable", sorted(INVALID))

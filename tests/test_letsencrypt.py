@@ -99,3 +99,32 @@ def test_failed_issuance_keeps_self_signed_and_says_so(artifacts, tmp_path, pebb
         assert "SLM-Copilot appliance CA" in served_issuer(stack.ports["https"])
     finally:
         stack.stop()
+
+
+def test_renewal_reaches_what_nginx_serves(artifacts, tmp_path, pebble):
+    """certbot's renewal writes live/; the daily `service renew` (no context in its environment)
+    copies it to what nginx serves. Without it the served certificate expires after the last boot."""
+    stack = letsencrypt_stack(artifacts, tmp_path, pebble["url"])
+    try:
+        pebble["start"](stack.ports["http"])
+        env = {"REQUESTS_CA_BUNDLE": pebble["ca"]}
+        assert appliance_function(stack, "validate && try_letsencrypt", env).returncode == 0
+        stack.reload_nginx()
+        issued = ssl.get_server_certificate(("127.0.0.1", stack.ports["https"]))
+        renewal = subprocess.run(
+            ["certbot", "renew", "--force-renewal", "--non-interactive", "--no-random-sleep-on-renew",
+             "--config-dir", stack.path("/etc/letsencrypt"), "--work-dir", stack.path("/var/lib/letsencrypt"),
+             "--logs-dir", stack.path("/var/log/letsencrypt")],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+        assert renewal.returncode == 0, renewal.stdout[-1500:] + renewal.stderr[-1500:]
+        timer_env = {k: v for k, v in stack.env().items() if not k.startswith("ONEAPP_")}
+        out = subprocess.run([REPO / "appliance/service.sh", "renew"], env=timer_env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        live = stack.path("/etc/letsencrypt/live/localhost/fullchain.pem").read_text()
+        assert stack.path("/var/lib/slm-copilot/tls/active.crt").read_text() == live
+        stack.reload_nginx()  # the image's renew reloads nginx through systemd (checked on the vm target)
+        served = ssl.get_server_certificate(("127.0.0.1", stack.ports["https"]))
+        assert served != issued and served.strip() in live, "nginx still serves the certificate of the last boot"
+    finally:
+        stack.stop()

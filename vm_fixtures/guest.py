@@ -198,6 +198,11 @@ class Guest:
         """The deployed context with these variables changed, applied by the appliance's own context
         hook, as one-context does when OpenNebula updates a running VM's context."""
         self.context = dict(context)
+        return self.recontextualize(context, timeout, expect_ready)
+
+    def recontextualize(self, context: dict[str, str], timeout: float = 1800, expect_ready: bool = True) -> dict:
+        """The context hook run live with these variables (one-context's recontextualization on a
+        context change, no reboot): what a running appliance does with a context update."""
         exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in context.items())
         start = time.monotonic()
         run = self.execute(f"set -a; . {CONTEXT_ENV}; . /dev/stdin; set +a; {CONTEXT_HOOK}", timeout=timeout,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 APPLIANCE = Path(__file__).resolve().parent.parent / "appliance"
 SCALARS = ("SLM_API_KEY_FILE", "SLM_CA_CERT", "SLM_CONF_DIR", "SLM_STATE_DIR", "SLM_LOG_DIR", "SLM_REPORT",
-           "SLM_ENGINE_UNIT", "SLM_ENGINE_PORT", "SLM_APP_DIR")
+           "SLM_ENGINE_UNIT", "SLM_ENGINE_PORT", "SLM_APP_DIR", "SLM_RENEW_UNIT",
+           "SLM_API_KEYS_FILE")
 LISTS = ("SLM_GENERATED_FILES", "SLM_SECRET_FILES")
 
 
@@ -25,6 +26,8 @@ class Layout:
     engine_unit: str
     engine_port: int
     app_dir: str
+    renew_unit: str
+    api_keys_file: str
     generated_files: tuple[str, ...]
     secret_files: tuple[str, ...]
 
@@ -46,5 +49,5 @@ def layout() -> Layout:
     out = subprocess.run(["bash", "-c", script, "layout", str(APPLIANCE)], capture_output=True, text=True,
                          check=True, env={"PATH": "/usr/bin:/bin"}).stdout.split("\0")[:-1]
     scalars, lists = out[:len(SCALARS)], [tuple(x.split()) for x in out[len(SCALARS):]]
-    api_key, ca_cert, conf, state, logs, report, unit, port, app = scalars
-    return Layout(api_key, ca_cert, conf, state, logs, report, unit, int(port), app, *lists)
+    api_key, ca_cert, conf, state, logs, report, unit, port, app, renew, keys = scalars
+    return Layout(api_key, ca_cert, conf, state, logs, report, unit, int(port), app, renew, keys, *lists)

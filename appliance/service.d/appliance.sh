@@ -11,6 +11,7 @@ ONE_SERVICE_RECONFIGURABLE=true
 
 ONE_SERVICE_PARAMS=(
     'ONEAPP_SLM_API_KEY'        'configure' 'API key clients send (empty: generated sk-... once, kept)' 'O|password'
+    'ONEAPP_SLM_API_KEYS'       'configure' 'More keys, one per person or tool: id:key or id alone (generated, kept), comma-separated' 'O|password'
     'ONEAPP_SLM_CONTEXT_SIZE'   'configure' 'Context size in tokens (empty: the largest that fits RAM and the model)' 'O|number'
     'ONEAPP_SLM_THREADS'        'configure' 'Engine threads (0: physical cores)' 'O|number'
     'ONEAPP_SLM_PARALLEL'       'configure' 'Requests served at once (engine slots)' 'O|number'
@@ -23,6 +24,7 @@ ONE_SERVICE_PARAMS=(
     'ONEAPP_SLM_ACME_SERVER'    'configure' 'ACME directory URL (TLS_MODE=letsencrypt)' 'O|text'
     'ONEAPP_SLM_CORS_ORIGINS'   'configure' 'Browser origins allowed (comma-separated, or *)' 'O|text'
     'ONEAPP_SLM_RATE_LIMIT'     'configure' 'Requests per second per client address (burst: twice that)' 'O|number'
+    'ONEAPP_SLM_KEY_RATE_LIMIT' 'configure' 'Requests per second per API key (burst: twice that; empty: as per address)' 'O|number'
     'ONEAPP_SLM_LOG_LEVEL'      'configure' 'Log level: error, warn, info or debug' 'O|list|error,warn,info,debug'
 )
 
@@ -37,6 +39,7 @@ EOD
 
 # Defaults (one-apps style: context wins, empty means default).
 ONEAPP_SLM_API_KEY="${ONEAPP_SLM_API_KEY:-}"
+ONEAPP_SLM_API_KEYS="${ONEAPP_SLM_API_KEYS:-}"
 ONEAPP_SLM_CONTEXT_SIZE="${ONEAPP_SLM_CONTEXT_SIZE:-}"
 ONEAPP_SLM_THREADS="${ONEAPP_SLM_THREADS:-0}"
 ONEAPP_SLM_PARALLEL="${ONEAPP_SLM_PARALLEL:-2}"
@@ -49,6 +52,7 @@ ONEAPP_SLM_ACME_EMAIL="${ONEAPP_SLM_ACME_EMAIL:-}"
 ONEAPP_SLM_ACME_SERVER="${ONEAPP_SLM_ACME_SERVER:-https://acme-v02.api.letsencrypt.org/directory}"
 ONEAPP_SLM_CORS_ORIGINS="${ONEAPP_SLM_CORS_ORIGINS:-*}"
 ONEAPP_SLM_RATE_LIMIT="${ONEAPP_SLM_RATE_LIMIT:-10}"
+ONEAPP_SLM_KEY_RATE_LIMIT="${ONEAPP_SLM_KEY_RATE_LIMIT:-${ONEAPP_SLM_RATE_LIMIT}}"
 ONEAPP_SLM_LOG_LEVEL="${ONEAPP_SLM_LOG_LEVEL:-warn}"
 
 # Layout. SLM_ROOT (lib/common.sh) is empty in the image; ports are fixed there too.
@@ -62,8 +66,11 @@ SLM_REPORT="${SLM_ROOT}/etc/one-appliance/config"
 SLM_MOTD="${SLM_ROOT}/etc/motd"
 SLM_NGINX_SITE="${SLM_ROOT}/etc/nginx/conf.d/slm-copilot.conf"
 SLM_API_KEY_FILE="${SLM_STATE_DIR}/api_key"
+SLM_API_KEYS_FILE="${SLM_STATE_DIR}/api_keys"  # the named keys: "id key" per line
+SLM_ENGINE_INPUTS="${SLM_ROOT}/run/slm-copilot/engine.inputs"  # what the running engine was started with
 SLM_CA_CERT="${SLM_TLS_DIR}/ca.crt"
 SLM_ENGINE_UNIT=slm-copilot-engine
+SLM_RENEW_UNIT=slm-copilot-renew
 SLM_NGINX_FILES=(nginx.conf protected.conf proxy.conf headers.conf)  # rendered from templates/
 SLM_ENGINE_PORT="${SLM_ENGINE_PORT:-8081}"
 SLM_HTTPS_PORT="${SLM_HTTPS_PORT:-443}"
@@ -73,12 +80,15 @@ SLM_USER=slm-copilot
 SLM_TEMPLATES="$(dirname "${BASH_SOURCE[0]}")/../templates"
 SLM_OS_RESERVE_MB=512      # kernel, nginx, sshd: kept free of the model and KV cache
 SLM_COMPUTE_RESERVE_MB=256 # engine compute buffers beside weights and KV cache
+# Certificate lifetimes (days). The server certificate stays within what browsers accept (398);
+# both are re-issued by configure and the daily renew run before they end.
+SLM_CA_DAYS=1825 SLM_CA_RENEW_DAYS=400 SLM_SERVER_DAYS=397 SLM_RENEW_DAYS=30
 
 # Every file configure and bootstrap generate: identical across reboots with the same context.
 SLM_GENERATED_FILES=(
     /etc/slm-copilot/engine.env /etc/slm-copilot/nginx.conf /etc/slm-copilot/secret.conf
     /etc/slm-copilot/protected.conf /etc/slm-copilot/proxy.conf /etc/slm-copilot/headers.conf
-    /etc/slm-copilot/auth.js /var/lib/slm-copilot/api_key
+    /etc/slm-copilot/auth.js /var/lib/slm-copilot/api_key /var/lib/slm-copilot/api_keys
     /var/lib/slm-copilot/tls/ca.crt /var/lib/slm-copilot/tls/ca.key
     /var/lib/slm-copilot/tls/server.crt /var/lib/slm-copilot/tls/server.key
     /var/lib/slm-copilot/tls/active.crt /var/lib/slm-copilot/tls/active.key
@@ -86,12 +96,12 @@ SLM_GENERATED_FILES=(
 )
 # The generated files only root may read (the conformance suite checks their modes).
 SLM_SECRET_FILES=(
-    /var/lib/slm-copilot/api_key /etc/one-appliance/config /etc/slm-copilot/secret.conf
+    /var/lib/slm-copilot/api_key /var/lib/slm-copilot/api_keys /etc/one-appliance/config /etc/slm-copilot/secret.conf
     /var/lib/slm-copilot/tls/ca.key /var/lib/slm-copilot/tls/server.key
 )
 
 # Distribution packages the appliance needs (install fetches what the image lacks).
-SLM_PACKAGES=(nginx-light libnginx-mod-http-js openssl curl gettext-base libgomp1 certbot)
+SLM_PACKAGES=(nginx-light libnginx-mod-http-js openssl curl gettext-base libgomp1 certbot logrotate)
 SLM_ERRORS=()  # what configure's validation rejected, one message per variable
 
 # --- stages (one-apps order): install at image build, configure and bootstrap on every boot ----
@@ -126,10 +136,17 @@ service_install() {
     install -m 0755 "$stage"/engine/* "${SLM_APP_DIR}/engine/"
     install -m 0644 "$stage/model.gguf" "${SLM_APP_DIR}/models/model.gguf"
     install -m 0644 "$stage/model.env" "${SLM_APP_DIR}/model.env"
-    install -m 0644 "${SLM_TEMPLATES}/slm-copilot-engine.service" /etc/systemd/system/
-    # Debian's nginx unit does not restart a crashed nginx: the front must come back by itself.
-    install -d -m 0755 /etc/systemd/system/nginx.service.d
-    printf '[Service]\nRestart=on-failure\nRestartSec=2\n' > /etc/systemd/system/nginx.service.d/slm-copilot.conf
+    install -m 0644 "${SLM_TEMPLATES}/slm-copilot-engine.service" "${SLM_TEMPLATES}/${SLM_RENEW_UNIT}.service" \
+        "${SLM_TEMPLATES}/${SLM_RENEW_UNIT}.timer" /etc/systemd/system/
+    # nginx: restarted when it crashes (Debian's unit does not) and sandboxed like the engine.
+    install -D -m 0644 "${SLM_TEMPLATES}/nginx-service.conf" /etc/systemd/system/nginx.service.d/slm-copilot.conf
+    # Logs are rotated by size as well as daily (hourly checks), and the journal is capped: a
+    # client must not be able to fill the disk through them.
+    install -D -m 0644 "${SLM_TEMPLATES}/logrotate.conf" /etc/logrotate.d/slm-copilot
+    install -D -m 0644 "${SLM_TEMPLATES}/logrotate-hourly.conf" /etc/systemd/system/logrotate.timer.d/slm-copilot.conf
+    install -D -m 0644 "${SLM_TEMPLATES}/journald.conf" /etc/systemd/journald.conf.d/slm-copilot.conf
+    # A certificate certbot renews is served at once (the daily timer would copy it too).
+    install -D -m 0755 "${SLM_TEMPLATES}/certbot-deploy-hook" /etc/letsencrypt/renewal-hooks/deploy/slm-copilot
     rm -f /etc/nginx/sites-enabled/default
     systemctl daemon-reload
     systemctl disable nginx slm-copilot-engine >/dev/null 2>&1 || true  # bootstrap starts them
@@ -145,7 +162,12 @@ service_configure() {
         return 1
     fi
     rm -f "${SLM_REPORT}.rejected"
-    install -d -m 0755 "$SLM_LOG_DIR" "$SLM_ACME_WEBROOT" "$(dirname "$SLM_REPORT")"
+    install -d -m 0755 "$SLM_ACME_WEBROOT" "$(dirname "$SLM_REPORT")"
+    # Logs name clients, paths and timings: no other user reads them. nginx's workers (www-data)
+    # reopen them after a rotation, so the folder is theirs to enter.
+    install -d -m 0750 "$SLM_LOG_DIR"
+    [ -n "$SLM_ROOT" ] || chgrp www-data "$SLM_LOG_DIR"
+    find "$SLM_LOG_DIR" -maxdepth 1 -type f -perm /o=r -exec chmod o-r {} +
     install -d -m 0700 "$SLM_STATE_DIR" "$SLM_TLS_DIR"
 
     if [ -n "$ONEAPP_SLM_API_KEY" ]; then
@@ -154,14 +176,15 @@ service_configure() {
         printf 'sk-%s' "$(gen_password 48)" | write_file "$SLM_API_KEY_FILE" 0600
         msg info "Generated an API key (see ${SLM_REPORT})"
     fi
-    SLM_API_KEY=$(cat "$SLM_API_KEY_FILE")
-
+    write_named_keys
     render_tls "$SLM_TLS_DIR"
     local stage
     stage=$(mktemp -d "${SLM_CONF_DIR}.new.XXXXXX")
     chmod 0755 "$stage"
     render_nginx "$stage"
-    render_engine "$stage"
+    local ctx
+    read -r _ ctx _ < <(context_plan)
+    render_engine "$stage" "$ctx"
     chmod 0600 "$stage/secret.conf"
     local f
     for f in "${SLM_NGINX_FILES[@]}" auth.js engine.env; do chmod 0644 "$stage/$f"; done
@@ -169,29 +192,73 @@ service_configure() {
         report_failure
         return 1
     fi
-    if [ -z "$SLM_ROOT" ]; then
-        install -d -m 0755 "$(dirname "$SLM_NGINX_SITE")"
-        ln -sfn "${SLM_CONF_DIR}/nginx.conf" "$SLM_NGINX_SITE"
-    fi
-    msg info "Configured: context ${SLM_CTX} tokens, TLS ${ONEAPP_SLM_TLS_MODE}, model ${MODEL_ID}"
+    msg info "Configured: context ${ctx} tokens, TLS ${ONEAPP_SLM_TLS_MODE}, model ${MODEL_ID}"
 }
 
 service_bootstrap() {
     load_model_facts
     # shellcheck source=/dev/null  # rendered by configure from validated values only
     . "${SLM_CONF_DIR}/engine.env"
-    systemctl restart "$SLM_ENGINE_UNIT"
-    wait_engine
-    systemctl enable -q "$SLM_ENGINE_UNIT" nginx
-    systemctl restart nginx
+    systemctl enable -q "$SLM_ENGINE_UNIT" nginx "${SLM_RENEW_UNIT}.timer"
+    systemctl start "${SLM_RENEW_UNIT}.timer"
+    # A reload, not a restart, when nginx runs: streams in flight finish on the old workers while new
+    # requests get the new configuration (a key removed is refused at once, the others go on).
+    systemctl reload-or-restart nginx
+    sleep 1  # `reload` returns before the new workers take over: the next request must see them
+    local inputs
+    inputs=$(cat "${SLM_CONF_DIR}/engine.env" "$SLM_API_KEY_FILE" | sha256sum | cut -d' ' -f1)
+    if [ "$(cat "$SLM_ENGINE_INPUTS" 2>/dev/null)" = "$inputs" ] && systemctl is-active -q "$SLM_ENGINE_UNIT"; then
+        msg info "The engine's configuration is unchanged: it keeps running (and serving what is in flight)"
+    else
+        # A unit that failed before (start limit hit) must get its fresh start.
+        systemctl reset-failed "$SLM_ENGINE_UNIT" 2>/dev/null || true
+        rm -f "$SLM_ENGINE_INPUTS"
+        systemctl restart "$SLM_ENGINE_UNIT" || true  # a unit that does not start is judged below
+    fi
+    if ! wait_engine; then
+        # Say so everywhere a user looks: the stage fails (no READY for OneGate), the report and
+        # the login banner name the cause. nginx still answers, with 503 and Retry-After.
+        SLM_STATUS="engine failed to start: journalctl -u ${SLM_ENGINE_UNIT}"
+        msg error "Not serving: the ${SLM_STATUS}"
+        write_report
+        write_file "$SLM_MOTD" 0644 <<EOM
+SLM-Copilot ${ONE_SERVICE_VERSION}: NOT serving, the ${SLM_STATUS}
+EOM
+        return 1
+    fi
+    install -d -m 0755 "$(dirname "$SLM_ENGINE_INPUTS")"
+    echo "$inputs" > "$SLM_ENGINE_INPUTS"
     SLM_TLS_NOTE=""
     [ "$ONEAPP_SLM_TLS_MODE" = letsencrypt ] && { try_letsencrypt || msg warning "$SLM_TLS_NOTE"; }
+    SLM_STATUS=ready
     write_report
     write_file "$SLM_MOTD" 0644 <<EOM
 SLM-Copilot ${ONE_SERVICE_VERSION}: all set and ready to serve ${MODEL_ID}
 Endpoint, API key and client settings: ${SLM_REPORT} (root only)
 EOM
     msg info "Ready: $(sed -n 's/^endpoint = //p' "$SLM_REPORT")"
+}
+
+# The daily renewal (slm-copilot-renew.timer, and certbot's deploy hook after a renewal): re-issues
+# what nears its end, copies a renewed Let's Encrypt pair, and reloads nginx when what it serves
+# changed. It reads the TLS choice configure recorded, not the boot's context.
+service_renew() {
+    [ -s "${SLM_CONF_DIR}/engine.env" ] || { msg info "Not configured yet: nothing to renew"; return 0; }
+    # shellcheck source=/dev/null
+    . "${SLM_CONF_DIR}/engine.env"
+    ONEAPP_SLM_TLS_MODE=${SLM_TLS_MODE:-selfsigned} ONEAPP_SLM_DOMAIN=${SLM_DOMAIN:-}
+    if [ "$ONEAPP_SLM_TLS_MODE" = custom ]; then
+        expires_within "${SLM_TLS_DIR}/active.crt" "$SLM_RENEW_DAYS" \
+            && msg warning "The custom certificate ends $(openssl x509 -noout -enddate -in "${SLM_TLS_DIR}/active.crt" | cut -d= -f2): set a new ONEAPP_SLM_TLS_CERT"
+        return 0
+    fi
+    local before
+    before=$(cat "${SLM_TLS_DIR}/active.crt" 2>/dev/null)
+    render_tls "$SLM_TLS_DIR"
+    if [ "$(cat "${SLM_TLS_DIR}/active.crt")" != "$before" ]; then
+        msg info "Serving a renewed certificate, valid until $(openssl x509 -noout -enddate -in "${SLM_TLS_DIR}/active.crt" | cut -d= -f2)"
+        [ -n "$SLM_ROOT" ] || systemctl reload nginx
+    fi
 }
 
 service_cleanup() {
@@ -236,7 +303,7 @@ load_model_facts() {
 
 validate() {
     load_model_facts
-    local vcpus mem_mb kv_mb_per_1k free_mb
+    local vcpus mem_mb
     vcpus=$(nproc)
     mem_mb=$(mem_total_mb)
 
@@ -247,6 +314,8 @@ validate() {
     check_int ONEAPP_SLM_THREADS 0 "$vcpus" "0 = physical cores; more than the ${vcpus} vCPUs oversubscribes"
     check_int ONEAPP_SLM_PARALLEL 1 16 "concurrent requests"
     check_int ONEAPP_SLM_RATE_LIMIT 1 100000 "requests per second per client"
+    check_int ONEAPP_SLM_KEY_RATE_LIMIT 1 100000 "requests per second per API key"
+    validate_named_keys
     if ! [[ "$ONEAPP_SLM_TEMPERATURE" =~ ^(0|1)(\.[0-9]{1,3})?$|^2(\.0{1,3})?$ ]]; then
         reject ONEAPP_SLM_TEMPERATURE "$(shown "$ONEAPP_SLM_TEMPERATURE")" "expected a number from 0 to 2, e.g. 0.2"
     fi
@@ -257,13 +326,10 @@ validate() {
         reject ONEAPP_SLM_DOMAIN "$(shown "$ONEAPP_SLM_DOMAIN")" "expected a DNS name such as copilot.example.com"
     fi
     local origin
-    if [ "$ONEAPP_SLM_CORS_ORIGINS" != '*' ]; then
-        IFS=',' read -ra SLM_ORIGINS <<< "$ONEAPP_SLM_CORS_ORIGINS"
-        for origin in "${SLM_ORIGINS[@]}"; do
-            [[ "$origin" =~ ^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$ ]] && continue
-            reject ONEAPP_SLM_CORS_ORIGINS "$(shown "$origin")" "expected * or comma-separated origins like https://ide.example.com"
-        done
-    fi
+    while IFS= read -r origin; do
+        [[ "$origin" =~ ^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$ ]] && continue
+        reject ONEAPP_SLM_CORS_ORIGINS "$(shown "$origin")" "expected * or comma-separated origins like https://ide.example.com"
+    done < <(cors_origins)
     case "$ONEAPP_SLM_TLS_MODE" in
         selfsigned) ;;
         custom) validate_custom_tls ;;
@@ -276,21 +342,15 @@ validate() {
         *) reject ONEAPP_SLM_TLS_MODE "$(shown "$ONEAPP_SLM_TLS_MODE")" "expected selfsigned, custom or letsencrypt" ;;
     esac
 
-    # Context size: what the model was trained for, and what RAM holds beside the weights.
-    kv_mb_per_1k=$(((MODEL_KV_BYTES_PER_TOKEN * 1024 + 1048575) / 1048576))
-    free_mb=$((mem_mb - MODEL_BYTES / 1048576 - SLM_OS_RESERVE_MB - SLM_COMPUTE_RESERVE_MB))
-    SLM_CTX_FITS=$(( free_mb > 0 ? free_mb * 1024 / kv_mb_per_1k : 0 ))
-    SLM_CTX_FITS=$(( SLM_CTX_FITS - SLM_CTX_FITS % 1024 ))
+    local fits ctx free_mb kv_mb_per_1k
+    read -r fits ctx free_mb kv_mb_per_1k < <(context_plan)
     if [ -z "$ONEAPP_SLM_CONTEXT_SIZE" ]; then
-        SLM_CTX=$(( SLM_CTX_FITS < MODEL_CTX_TRAIN ? SLM_CTX_FITS : MODEL_CTX_TRAIN ))
-        if [ "$SLM_CTX" -lt 1024 ]; then
+        if [ "$ctx" -lt 1024 ]; then
             reject ONEAPP_SLM_CONTEXT_SIZE "''" "no context fits: ${mem_mb} MiB RAM minus model $((MODEL_BYTES / 1048576)) MiB and reserves leaves ${free_mb} MiB; give the VM more memory"
         fi
-    elif check_int ONEAPP_SLM_CONTEXT_SIZE 512 "$MODEL_CTX_TRAIN" "the model ${MODEL_ID} was trained for ${MODEL_CTX_TRAIN} tokens"; then
-        SLM_CTX=$((10#$ONEAPP_SLM_CONTEXT_SIZE))
-        if [ "$SLM_CTX" -gt "$SLM_CTX_FITS" ]; then
-            reject ONEAPP_SLM_CONTEXT_SIZE "$SLM_CTX" "needs $((SLM_CTX * kv_mb_per_1k / 1024)) MiB of KV cache but ${mem_mb} MiB RAM leaves ${free_mb} MiB after the model and reserves: at most ${SLM_CTX_FITS} tokens fit"
-        fi
+    elif check_int ONEAPP_SLM_CONTEXT_SIZE 512 "$MODEL_CTX_TRAIN" "the model ${MODEL_ID} was trained for ${MODEL_CTX_TRAIN} tokens" \
+        && [ "$ctx" -gt "$fits" ]; then
+        reject ONEAPP_SLM_CONTEXT_SIZE "$ctx" "needs $((ctx * kv_mb_per_1k / 1024)) MiB of KV cache but ${mem_mb} MiB RAM leaves ${free_mb} MiB after the model and reserves: at most ${fits} tokens fit"
     fi
     [ "${#SLM_ERRORS[@]}" -eq 0 ]
 }
@@ -305,7 +365,103 @@ validate_custom_tls() {
         reject ONEAPP_SLM_TLS_KEY "(hidden)" "expected a base64-encoded PEM private key"
     elif [ "$(openssl x509 -noout -pubkey <<< "$cert")" != "$(openssl pkey -pubout <<< "$key")" ]; then
         reject ONEAPP_SLM_TLS_KEY "(hidden)" "the key does not match ONEAPP_SLM_TLS_CERT"
+    elif ! openssl x509 -noout -checkend 0 <<< "$cert" >/dev/null; then
+        reject ONEAPP_SLM_TLS_CERT "(expired $(openssl x509 -noout -enddate <<< "$cert" | cut -d= -f2))" \
+            "the certificate has expired: give a current one"
+    else
+        # nginx's OpenSSL (security level 2) refuses weaker keys: name the field here rather than
+        # leave it to nginx -t's message.
+        local text algo bits min=0
+        text=$(openssl x509 -noout -text <<< "$cert")
+        algo=$(sed -n 's/^ *Public Key Algorithm: //p' <<< "$text" | head -n 1)
+        bits=$(sed -n 's/.*Public-Key: (\([0-9]*\) bit).*/\1/p' <<< "$text" | head -n 1)
+        case "$algo" in rsaEncryption) min=2048 ;; id-ecPublicKey) min=256 ;; esac
+        if [ "${bits:-0}" -lt "$min" ]; then
+            reject ONEAPP_SLM_TLS_CERT "(${bits:-?}-bit ${algo} key)" "expected an RSA key of at least 2048 bits or an EC key of at least 256"
+        fi
     fi
+}
+
+# Named keys: ids a-z 0-9 _ - (they appear in the access log), each id and each key once. Key
+# values never appear in a message: only their id and length.
+validate_named_keys() {
+    local entry id key ids=" default " keys=" ${ONEAPP_SLM_API_KEY} "
+    while IFS= read -r entry; do
+        id=${entry%%:*}
+        if ! [[ "$id" =~ ^[a-z0-9][a-z0-9_-]{0,31}$ ]]; then
+            reject ONEAPP_SLM_API_KEYS "$(shown "$id")" "key ids are 1 to 32 characters a-z 0-9 _ - (id:key or id, comma-separated)"
+            continue
+        fi
+        [[ "$ids" == *" ${id} "* ]] && reject ONEAPP_SLM_API_KEYS "$(shown "$id")" "the id is used twice (default is ONEAPP_SLM_API_KEY's)"
+        ids+="${id} "
+        [[ "$entry" == *:* ]] || continue
+        key=${entry#*:}
+        if ! [[ "$key" =~ ^[A-Za-z0-9._~+/=-]{16,256}$ ]]; then
+            reject ONEAPP_SLM_API_KEYS "(${id}'s key hidden, ${#key} chars)" "expected 16 to 256 characters from A-Z a-z 0-9 . _ ~ + / = -, or the id alone to generate one"
+        elif [[ "$keys" == *" ${key} "* ]]; then
+            reject ONEAPP_SLM_API_KEYS "(${id}'s key hidden)" "another id already has this key: give each its own"
+        fi
+        keys+="${key} "
+    done < <(named_key_entries)
+}
+
+# The context plan, computed once from the model's facts and RAM (validate judges it, configure
+# renders it): "FITS CHOSEN FREE_MB KV_MB_PER_1K". CHOSEN is the operator's size when given (a
+# valid number: validate checks that first), else the largest that fits and the model was trained for.
+context_plan() {
+    local kv_mb_per_1k free_mb fits ctx
+    kv_mb_per_1k=$(((MODEL_KV_BYTES_PER_TOKEN * 1024 + 1048575) / 1048576))
+    free_mb=$(($(mem_total_mb) - MODEL_BYTES / 1048576 - SLM_OS_RESERVE_MB - SLM_COMPUTE_RESERVE_MB))
+    fits=$(( free_mb > 0 ? free_mb * 1024 / kv_mb_per_1k : 0 ))
+    fits=$(( fits - fits % 1024 ))
+    if [[ "$ONEAPP_SLM_CONTEXT_SIZE" =~ ^[0-9]{1,9}$ ]]; then
+        ctx=$((10#$ONEAPP_SLM_CONTEXT_SIZE))
+    else
+        ctx=$(( fits < MODEL_CTX_TRAIN ? fits : MODEL_CTX_TRAIN ))
+    fi
+    echo "$fits $ctx $free_mb $kv_mb_per_1k"
+}
+
+# ONEAPP_SLM_API_KEYS, one entry per line, blanks around entries dropped.
+named_key_entries() {
+    [ -z "$ONEAPP_SLM_API_KEYS" ] || tr ',' '\n' <<< "$ONEAPP_SLM_API_KEYS" | sed 's/^[[:space:]]*//; s/[[:space:]]*$//' | grep -v '^$' || true
+}
+
+# The named keys file, rewritten from the context: an id alone keeps the key generated for it
+# before (or gets one); an id no longer listed is gone, and its key refused from the next reload.
+write_named_keys() {
+    local entry id key out=""
+    while IFS= read -r entry; do
+        id=${entry%%:*}
+        if [[ "$entry" == *:* ]]; then
+            key=${entry#*:}
+        else
+            key=$(awk -v id="$id" '$1 == id {print $2}' "$SLM_API_KEYS_FILE" 2>/dev/null || true)
+            if ! [[ "$key" =~ ^sk-[A-Za-z0-9]{48}$ ]]; then
+                key="sk-$(gen_password 48)"
+                msg info "Generated the API key of ${id} (see ${SLM_REPORT})"
+            fi
+        fi
+        out+="${id} ${key}"$'\n'
+    done < <(named_key_entries)
+    printf '%s' "$out" | write_file "$SLM_API_KEYS_FILE" 0600
+}
+
+# "id:sha256,..." for every key: what nginx compares a presented key's digest with. The keys
+# themselves stay out of nginx's configuration (the default one aside: the engine needs it).
+key_digests() {
+    local id key
+    {
+        printf 'default:%s\n' "$(printf '%s' "$(cat "$SLM_API_KEY_FILE")" | sha256sum | cut -d' ' -f1)"
+        while read -r id key; do
+            printf '%s:%s\n' "$id" "$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)"
+        done < "$SLM_API_KEYS_FILE"
+    } | paste -sd, -
+}
+
+# The browser origins allowed, one per line (none for *: every origin is).
+cors_origins() {
+    [ "$ONEAPP_SLM_CORS_ORIGINS" = '*' ] || tr ',' '\n' <<< "$ONEAPP_SLM_CORS_ORIGINS"
 }
 
 # The names and addresses clients may use: one certificate for all of them.
@@ -314,27 +470,64 @@ subject_alt_names() {
         echo "DNS:localhost"; echo "IP:127.0.0.1"; echo "DNS:$(hostname)"
         local ip
         for ip in $(hostname -I 2>/dev/null); do echo "IP:${ip}"; done
-        [ -n "$ONEAPP_SLM_DOMAIN" ] && echo "DNS:${ONEAPP_SLM_DOMAIN}"
+        if [ -n "$ONEAPP_SLM_DOMAIN" ]; then echo "DNS:${ONEAPP_SLM_DOMAIN}"; fi
     } | sort -u | paste -sd, -
 }
 
-# A private CA signs the server certificate: clients trust the CA once, and a new address
-# (a new SAN set) only re-issues the server certificate.
+# What the private CA may sign: this appliance's names, loopback and private addresses, and its
+# own public addresses. Clients trust it for exactly these (a copied CA key cannot sign for other
+# sites). Private addresses are covered as ranges, so a new DHCP lease does not need a new CA.
+ca_name_constraints() {
+    local sans=$1 name out
+    out="IP:127.0.0.0/255.0.0.0,IP:10.0.0.0/255.0.0.0,IP:172.16.0.0/255.240.0.0,IP:192.168.0.0/255.255.0.0"
+    out+=",IP:100.64.0.0/255.192.0.0,IP:::1/ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff,IP:fc00::/fe00::,IP:fe80::/ffc0::"
+    for name in ${sans//,/ }; do
+        case "$name" in
+            DNS:*) out+=",${name}" ;;
+            IP:127.* | IP:10.* | IP:192.168.* | IP:172.1[6-9].* | IP:172.2[0-9].* | IP:172.3[01].*) ;;
+            IP:100.6[4-9].* | IP:100.[7-9][0-9].* | IP:100.1[01][0-9].* | IP:100.12[0-7].*) ;;
+            IP:::1 | IP:f[cd]* | IP:fe[89ab]*) ;;
+            IP:*:*) out+=",${name}/ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" ;;
+            IP:*) out+=",${name}/255.255.255.255" ;;
+        esac
+    done
+    tr ',' '\n' <<< "$out" | sort -u | sed 's/^/permitted;/' | paste -sd, -
+}
+
+# True when every name the CA must permit ($1) is among those it permits ($2).
+constraints_cover() {
+    [ -z "$(comm -23 <(tr ',' '\n' <<< "$1" | sort) <(tr ',' '\n' <<< "$2" | sort))" ]
+}
+
+# True when the certificate in $1 ends within $2 days (or is missing or unreadable).
+expires_within() {
+    ! openssl x509 -noout -checkend $(($2 * 86400)) -in "$1" >/dev/null 2>&1
+}
+
+# A private CA signs the server certificate: clients trust the CA once; a new address (a new SAN
+# set) or a certificate near its end re-issues the server certificate only. The CA itself is
+# re-issued when it does not permit a new name (a domain, a public address) or nears its end:
+# clients trust the new one then (the report gives its fingerprint).
 ensure_self_signed() {
-    local dir=$1 sans
+    local dir=$1 sans constraints
     sans=$(subject_alt_names)
-    if [ ! -s "$dir/ca.key" ] || [ ! -s "$dir/ca.crt" ]; then
-        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    constraints=$(ca_name_constraints "$sans")
+    if [ ! -s "$dir/ca.key" ] || ! constraints_cover "$constraints" "$(cat "$dir/ca.names" 2>/dev/null)" \
+        || expires_within "$dir/ca.crt" "$SLM_CA_RENEW_DAYS"; then
+        [ -s "$dir/ca.crt" ] && msg warning "Issuing a new appliance CA: clients must trust the new ${SLM_CA_CERT}"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days "$SLM_CA_DAYS" \
             -subj "/CN=SLM-Copilot appliance CA" -keyout "$dir/ca.key" -out "$dir/ca.crt" \
-            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+            -addext basicConstraints=critical,CA:TRUE,pathlen:0 -addext keyUsage=critical,keyCertSign,cRLSign \
+            -addext "nameConstraints=critical,${constraints}" 2>/dev/null
+        echo "$constraints" > "$dir/ca.names"
         rm -f "$dir/server.crt"
     fi
-    if [ "$(cat "$dir/server.sans" 2>/dev/null)" != "$sans" ] || [ ! -s "$dir/server.crt" ]; then
+    if [ "$(cat "$dir/server.sans" 2>/dev/null)" != "$sans" ] || expires_within "$dir/server.crt" "$SLM_RENEW_DAYS"; then
         msg info "Issuing the server certificate for ${sans}"
         openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=slm-copilot" \
             -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
         openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
-            -days 825 -out "$dir/server.crt" -extfile <(printf '%s\n' \
+            -days "$SLM_SERVER_DAYS" -out "$dir/server.crt" -extfile <(printf '%s\n' \
             "subjectAltName=${sans}" "extendedKeyUsage=serverAuth" "basicConstraints=critical,CA:FALSE" \
             "keyUsage=critical,digitalSignature") 2>/dev/null
         echo "$sans" > "$dir/server.sans"
@@ -366,45 +559,52 @@ render_nginx() {
     if [ "$ONEAPP_SLM_CORS_ORIGINS" = '*' ]; then
         SLM_CORS_MAP='    "~." "*";'
     else
-        for origin in "${SLM_ORIGINS[@]}"; do
+        while IFS= read -r origin; do
             SLM_CORS_MAP+="    \"${origin}\" \"${origin}\";"$'\n'
-        done
+        done < <(cors_origins)
         SLM_CORS_MAP=${SLM_CORS_MAP%$'\n'}
     fi
     local suffix=""
     [ "$SLM_HTTPS_PORT" = 443 ] || suffix=":${SLM_HTTPS_PORT}"
-    local level=$ONEAPP_SLM_LOG_LEVEL
-    [ "$level" = info ] && level=notice
+    # nginx's own debug level dumps request and upstream headers, the key among them: the most
+    # nginx says is info; debug is the engine's (request and sampling detail, no credentials).
+    local level
+    case "$ONEAPP_SLM_LOG_LEVEL" in info) level=notice ;; debug) level=info ;; *) level=$ONEAPP_SLM_LOG_LEVEL ;; esac
     SLM_HTTPS_PORT_SUFFIX=$suffix SLM_NGINX_LOG_LEVEL=$level SLM_RATE_BURST=$((ONEAPP_SLM_RATE_LIMIT * 2)) \
+    SLM_KEY_RATE_LIMIT=$((10#$ONEAPP_SLM_KEY_RATE_LIMIT)) SLM_KEY_RATE_BURST=$((10#$ONEAPP_SLM_KEY_RATE_LIMIT * 2)) \
     SLM_CONF_DIR=$SLM_CONF_DIR SLM_TLS_DIR=$SLM_TLS_DIR SLM_LOG_DIR=$SLM_LOG_DIR \
     SLM_ACME_WEBROOT=$SLM_ACME_WEBROOT SLM_CORS_MAP=$SLM_CORS_MAP SLM_RATE_LIMIT=$ONEAPP_SLM_RATE_LIMIT \
     SLM_ENGINE_PORT=$SLM_ENGINE_PORT SLM_HTTP_PORT=$SLM_HTTP_PORT SLM_HTTPS_PORT=$SLM_HTTPS_PORT \
     SLM_BODY_LIMIT=$SLM_BODY_LIMIT bash -c '
         vars='"'"'${SLM_CONF_DIR} ${SLM_TLS_DIR} ${SLM_LOG_DIR} ${SLM_ACME_WEBROOT} ${SLM_CORS_MAP}
               ${SLM_RATE_LIMIT} ${SLM_RATE_BURST} ${SLM_ENGINE_PORT} ${SLM_HTTP_PORT} ${SLM_HTTPS_PORT}
-              ${SLM_HTTPS_PORT_SUFFIX} ${SLM_NGINX_LOG_LEVEL} ${SLM_BODY_LIMIT}'"'"'
+              ${SLM_HTTPS_PORT_SUFFIX} ${SLM_NGINX_LOG_LEVEL} ${SLM_BODY_LIMIT} ${SLM_KEY_RATE_LIMIT} ${SLM_KEY_RATE_BURST}'"'"'
         for f in "${@:2}"; do
             envsubst "$vars" < "$0/$f" > "$1/$f"
         done' "$SLM_TEMPLATES" "$dest" "${SLM_NGINX_FILES[@]}"
     cp "${SLM_TEMPLATES}/auth.js" "$dest/auth.js"
     # shellcheck disable=SC2016  # $slm_api_key is an nginx variable
-    printf 'set $slm_api_key "%s";\n' "$SLM_API_KEY" > "$dest/secret.conf"
+    {
+        printf 'set $slm_api_key "%s";\n' "$(cat "$SLM_API_KEY_FILE")"
+        printf 'set $slm_keys "%s";\n' "$(key_digests)"
+    } > "$dest/secret.conf"
 }
 
-render_engine() {
-    local dest=$1 threads=$((10#$ONEAPP_SLM_THREADS)) verbosity
+render_engine() { # DEST CONTEXT-SIZE
+    local dest=$1 ctx=$2 threads=$((10#$ONEAPP_SLM_THREADS)) verbosity
     [ "$threads" -eq 0 ] && threads=$(physical_cores)
     case "$ONEAPP_SLM_LOG_LEVEL" in error) verbosity=1 ;; warn) verbosity=2 ;; info) verbosity=3 ;; *) verbosity=4 ;; esac
     # --kv-unified: one KV pool for all slots, so a request may use the whole context size (split
     # per slot, a context of 8192 with 2 slots would silently be 4096 per request).
     printf 'SLM_ENGINE_ARGS="%s"\n' "--host 127.0.0.1 --port ${SLM_ENGINE_PORT} \
---model ${SLM_APP_DIR}/models/model.gguf --alias ${MODEL_ID} --ctx-size ${SLM_CTX} \
+--model ${SLM_APP_DIR}/models/model.gguf --alias ${MODEL_ID} --ctx-size ${ctx} \
 --threads ${threads} --parallel $((10#$ONEAPP_SLM_PARALLEL)) --temp ${ONEAPP_SLM_TEMPERATURE} \
 --kv-unified --jinja --metrics --no-slots --no-webui --log-verbosity ${verbosity}" > "$dest/engine.env"
     # What configure decided, apart from how the engine is told: the report says it, and the
     # conformance suite compares what the engine serves with it.
-    printf 'SLM_CTX=%s\nSLM_MODEL_ID=%s\nSLM_TEMPERATURE=%s\nSLM_PARALLEL=%s\n' "$SLM_CTX" "$MODEL_ID" \
-        "$ONEAPP_SLM_TEMPERATURE" "$((10#$ONEAPP_SLM_PARALLEL))" >> "$dest/engine.env"
+    printf 'SLM_CTX=%s\nSLM_MODEL_ID=%s\nSLM_TEMPERATURE=%s\nSLM_PARALLEL=%s\nSLM_TLS_MODE=%s\nSLM_DOMAIN=%s\n' \
+        "$ctx" "$MODEL_ID" "$ONEAPP_SLM_TEMPERATURE" "$((10#$ONEAPP_SLM_PARALLEL))" "$ONEAPP_SLM_TLS_MODE" \
+        "$ONEAPP_SLM_DOMAIN" >> "$dest/engine.env"
 }
 
 # Applies what `stage` holds: swap it in, test nginx, and swap back if nginx refuses it.
@@ -413,9 +613,11 @@ commit_config() {
     rm -rf "$previous"
     [ -d "$SLM_CONF_DIR" ] && mv "$SLM_CONF_DIR" "$previous"
     mv "$stage" "$SLM_CONF_DIR"
+    # The site is linked before the test, or a first boot would test nginx without it.
+    [ -n "$SLM_ROOT" ] || ln -sfn "${SLM_CONF_DIR}/nginx.conf" "$SLM_NGINX_SITE"
     if [ -z "$SLM_ROOT" ] && ! nginx -t -q 2>&1; then
         rm -rf "$SLM_CONF_DIR"
-        [ -d "$previous" ] && mv "$previous" "$SLM_CONF_DIR"
+        if [ -d "$previous" ]; then mv "$previous" "$SLM_CONF_DIR"; else rm -f "$SLM_NGINX_SITE"; fi
         SLM_ERRORS+=("nginx rejected the rendered configuration (see above); the previous one is kept")
         return 1
     fi
@@ -441,17 +643,23 @@ report_failure() {
 
 # --- bootstrap's helpers ----------------------------------------------------------------------
 
+# Waits for the engine to answer /health. A unit that exits is restarted by systemd (and looks
+# "activating" between tries), so any automatic restart while waiting means it failed to load.
 wait_engine() {
-    local deadline=$((SECONDS + ${SLM_ENGINE_LOAD_TIMEOUT:-900}))
+    local deadline=$((SECONDS + ${SLM_ENGINE_LOAD_TIMEOUT:-900})) restarts state
+    restarts=$(unit_property NRestarts)
     until curl -fsS -o /dev/null "http://127.0.0.1:${SLM_ENGINE_PORT}/health"; do
-        if ! systemctl is-active -q "$SLM_ENGINE_UNIT" && ! systemctl is-activating -q "$SLM_ENGINE_UNIT"; then
-            msg error "The engine stopped while loading the model: journalctl -u ${SLM_ENGINE_UNIT}"
+        state="$(unit_property ActiveState)/$(unit_property SubState)"
+        if [ "$(unit_property NRestarts)" != "$restarts" ] || ! [[ "$state" =~ ^(active/running|activating/start)$ ]]; then
+            msg error "The engine stopped while loading the model (${state}): journalctl -u ${SLM_ENGINE_UNIT}"
             return 1
         fi
         [ "$SECONDS" -lt "$deadline" ] || { msg error "The engine did not load the model in time"; return 1; }
         sleep 2
     done
 }
+
+unit_property() { systemctl show -p "$1" --value "$SLM_ENGINE_UNIT"; }
 
 try_letsencrypt() {
     command -v certbot >/dev/null || { SLM_TLS_NOTE="certbot is not installed: serving the self-signed certificate"; return 1; }
@@ -477,6 +685,7 @@ write_report() {
     write_file "$SLM_REPORT" 0600 <<EOR
 [SLM-Copilot]
 version = ${ONE_SERVICE_VERSION}
+status = ${SLM_STATUS}
 endpoint = ${url}
 api_key = ${key}
 model = ${MODEL_ID}
@@ -485,6 +694,8 @@ tls_mode = ${ONEAPP_SLM_TLS_MODE}
 tls_note = ${SLM_TLS_NOTE:-}
 ca_certificate = ${SLM_CA_CERT}
 ca_sha256_fingerprint = ${ca_fp}
+named_keys = $(cut -d' ' -f1 "$SLM_API_KEYS_FILE" | paste -sd, - | sed 's/,/, /g')
+named_keys_file = ${SLM_API_KEYS_FILE} (id and key per line; access log lines name the id)
 
 [openai-sdk]
 python = OpenAI(base_url="${url}", api_key="${key}", http_client=httpx.Client(verify="ca.crt"))

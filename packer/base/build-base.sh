@@ -9,7 +9,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 suite=bookworm
 mirror=${SLM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/slm-base.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# An interrupted debootstrap leaves /proc (and more) mounted in the chroot: unmount first, and never
+# let rm cross into a mounted filesystem (it would walk the host's /proc).
+trap 'umount -R -l "$work/root/proc" "$work/root/sys" "$work/root/dev" 2>/dev/null || true; rm -rf --one-file-system "$work"' EXIT
 root="$work/root"
 
 include=$(grep -v '^#' "$here/packages.txt" | grep -v '^$' | paste -sd, -)
