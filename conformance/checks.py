@@ -392,13 +392,18 @@ def http_redirect(ep: Endpoint) -> dict:
     return {}
 
 
+def assert_one_retry_after(r: httpx.Response) -> None:
+    """Exactly one Retry-After, in seconds: two values ("10, 10") are what the openai SDK cannot parse."""
+    retry = r.headers.get_list("retry-after")
+    assert len(retry) == 1 and retry[0].isdigit(), f"{r.status_code} needs one Retry-After in seconds, got {retry}"
+
+
 def engine_unavailable(ep: Endpoint) -> dict:
     """While the engine is down or loading: 503 with Retry-After and a JSON error, not 502."""
     with ep.client() as client:
         r = client.get("/v1/models")
     assert r.status_code == 503, f"engine down: HTTP {r.status_code}"
-    retry = r.headers.get_list("retry-after")
-    assert len(retry) == 1 and retry[0].isdigit(), f"503 needs one Retry-After in seconds, got {retry}"
+    assert_one_retry_after(r)
     assert r.json()["error"]["code"] == 503
     return {}
 
@@ -417,8 +422,7 @@ def frozen_engine(ep: Endpoint, within_s: float = 20) -> dict:
             took[path] = round(time.monotonic() - start, 1)
             assert r.status_code == 503, f"{path} with the engine frozen: HTTP {r.status_code}"
             assert took[path] <= within_s, f"{path}: 503 after {took[path]} s, expected within {within_s} s"
-            retry = r.headers.get_list("retry-after")
-            assert len(retry) == 1 and retry[0].isdigit(), f"503 needs one Retry-After in seconds, got {retry}"
+            assert_one_retry_after(r)
     return {f"{path}_s": s for path, s in took.items()}
 
 

@@ -4,6 +4,8 @@ fixtures): where the checkout is and parsers of what the appliance's host prints
 from __future__ import annotations
 
 import re
+import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,14 @@ def prune_cpu_variants(engine_dir: Path, keep: list[str]) -> Path:
         if lib.name.removeprefix("libggml-cpu-").removesuffix(".so") not in keep:
             lib.unlink()
     return engine_dir
+
+
+def days_left(pem: str) -> float:
+    """Days until a PEM certificate's notAfter (negative once it has ended)."""
+    end = subprocess.run(["openssl", "x509", "-noout", "-enddate"], input=pem, capture_output=True, text=True,
+                         check=True).stdout.strip().split("=", 1)[1]
+    ends = datetime.strptime(end, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC)
+    return (ends - datetime.now(UTC)).total_seconds() / 86400
 
 
 def exposure_score(systemd_analyze_output: str) -> float:

@@ -11,7 +11,6 @@ import contextlib
 import subprocess
 import threading
 import time
-from datetime import UTC
 
 import httpx
 import pytest
@@ -21,7 +20,7 @@ from vm_fixtures.layout import layout
 
 from . import checks
 from .endpoint import Endpoint, stream_chat
-from .support import REPO, engine_variants, exposure_score, not_applicable, wait_until
+from .support import REPO, days_left, engine_variants, exposure_score, not_applicable, wait_until
 from .targets import parse_named_keys
 
 LAYOUT = layout()
@@ -211,14 +210,10 @@ def test_engine_port_check_catches_an_exposed_engine(guest):
 def served_certificate(guest) -> tuple[str, float]:
     """The certificate nginx serves (as a client sees it) and the days it has left."""
     import ssl
-    from datetime import datetime
 
     host, port = Endpoint.of_guest(guest).base_url.removeprefix("https://").rsplit(":", 1)
     pem = ssl.get_server_certificate((host.strip("[]"), int(port)))
-    end = subprocess.run(["openssl", "x509", "-noout", "-enddate"], input=pem, capture_output=True,
-                         text=True).stdout.strip().split("=", 1)[1]
-    ends = datetime.strptime(end, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC)
-    return pem, (ends - datetime.now(UTC)).total_seconds() / 86400
+    return pem, days_left(pem)
 
 
 @pytest.mark.destructive

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conformance.stack import LocalStack
-from conformance.support import REPO
+from conformance.support import REPO, exposure_score
 
 
 def snapshot(stack: LocalStack) -> dict[str, str]:
@@ -165,7 +165,7 @@ def test_custom_tls_key_must_match(stack, tmp_path):
 def test_engine_unit_sandbox_exposure_at_most_3():
     out = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=30",
                           REPO / "appliance/templates/slm-copilot-engine.service"], capture_output=True, text=True)
-    score = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout).group(1))
+    score = exposure_score(out.stdout)
     assert out.returncode == 0 and score <= 3.0, out.stdout[-500:]
 
 
@@ -178,7 +178,7 @@ def test_nginx_unit_with_the_appliance_drop_in_exposure_at_most_3(tmp_path):
     unit.write_text(shipped.replace("[Install]", "\n".join(drop_in) + "\n\n[Install]"))
     out = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=100", unit],
                          capture_output=True, text=True)
-    score = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout).group(1))
+    score = exposure_score(out.stdout)
     assert score <= 3.0, out.stdout[-1500:]
 
 

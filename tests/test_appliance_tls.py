@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import base64
 import subprocess
-from datetime import UTC
 from pathlib import Path
 
 import pytest
 
 from conformance.stack import SERVICE, LocalStack
+from conformance.support import days_left
 
 TLS = "/var/lib/slm-copilot/tls"
 
@@ -58,14 +58,6 @@ def renew(stack: LocalStack) -> subprocess.CompletedProcess:
     return out
 
 
-def days_left(cert: Path) -> float:
-    from datetime import datetime
-
-    end = openssl("x509", "-noout", "-enddate", "-in", cert).stdout.strip().split("=", 1)[1]
-    ends = datetime.strptime(end, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC)
-    return (ends - datetime.now(UTC)).total_seconds() / 86400
-
-
 def test_served_certificate_verifies_against_the_ca(stack):
     assert verifies(stack, tls(stack, "server.crt"))
 
@@ -92,7 +84,7 @@ def test_server_certificate_renewed_before_it_ends(stack, tmp_path):
     tls(stack, "server.crt").write_bytes(short.read_bytes())
     tls(stack, "server.key").write_bytes(short.with_suffix(".key").read_bytes())
     out = renew(stack)
-    assert days_left(tls(stack, "server.crt")) > 300, out.stdout
+    assert days_left(tls(stack, "server.crt").read_text()) > 300, out.stdout
     assert tls(stack, "active.crt").read_text().startswith(tls(stack, "server.crt").read_text())
     assert tls(stack, "ca.crt").read_bytes() == ca, "renewing the server certificate must keep the CA"
     assert verifies(stack, tls(stack, "server.crt"))
@@ -102,7 +94,7 @@ def test_ca_renewed_before_it_ends(stack):
     openssl("req", "-x509", "-key", tls(stack, "ca.key"), "-days", 100, "-subj", "/CN=old CA",
             "-addext", "basicConstraints=critical,CA:TRUE", "-out", tls(stack, "ca.crt"), check=True)
     out = renew(stack)
-    assert days_left(tls(stack, "ca.crt")) > 1000, out.stdout
+    assert days_left(tls(stack, "ca.crt").read_text()) > 1000, out.stdout
     assert "clients must trust the new" in out.stdout
     assert verifies(stack, tls(stack, "server.crt")), "the server certificate must be re-issued under the new CA"
 

@@ -205,8 +205,10 @@ service_bootstrap() {
     # requests get the new configuration (a key removed is refused at once, the others go on).
     systemctl reload-or-restart nginx
     sleep 1  # `reload` returns before the new workers take over: the next request must see them
+    # What the engine runs with: its arguments and its key (engine.env's facts lines are for the
+    # report and the renewal; a change of TLS mode or domain must not restart the engine).
     local inputs
-    inputs=$(cat "${SLM_CONF_DIR}/engine.env" "$SLM_API_KEY_FILE" | sha256sum | cut -d' ' -f1)
+    inputs=$(printf '%s\n%s' "$SLM_ENGINE_ARGS" "$(cat "$SLM_API_KEY_FILE")" | sha256sum | cut -d' ' -f1)
     if [ "$(cat "$SLM_ENGINE_INPUTS" 2>/dev/null)" = "$inputs" ] && systemctl is-active -q "$SLM_ENGINE_UNIT"; then
         msg info "The engine's configuration is unchanged: it keeps running (and serving what is in flight)"
     else
@@ -249,14 +251,14 @@ service_renew() {
     ONEAPP_SLM_TLS_MODE=${SLM_TLS_MODE:-selfsigned} ONEAPP_SLM_DOMAIN=${SLM_DOMAIN:-}
     if [ "$ONEAPP_SLM_TLS_MODE" = custom ]; then
         expires_within "${SLM_TLS_DIR}/active.crt" "$SLM_RENEW_DAYS" \
-            && msg warning "The custom certificate ends $(openssl x509 -noout -enddate -in "${SLM_TLS_DIR}/active.crt" | cut -d= -f2): set a new ONEAPP_SLM_TLS_CERT"
+            && msg warning "The custom certificate ends $(cert_end -in "${SLM_TLS_DIR}/active.crt"): set a new ONEAPP_SLM_TLS_CERT"
         return 0
     fi
     local before
     before=$(cat "${SLM_TLS_DIR}/active.crt" 2>/dev/null)
     render_tls "$SLM_TLS_DIR"
     if [ "$(cat "${SLM_TLS_DIR}/active.crt")" != "$before" ]; then
-        msg info "Serving a renewed certificate, valid until $(openssl x509 -noout -enddate -in "${SLM_TLS_DIR}/active.crt" | cut -d= -f2)"
+        msg info "Serving a renewed certificate, valid until $(cert_end -in "${SLM_TLS_DIR}/active.crt")"
         [ -n "$SLM_ROOT" ] || systemctl reload nginx
     fi
 }
@@ -366,7 +368,7 @@ validate_custom_tls() {
     elif [ "$(openssl x509 -noout -pubkey <<< "$cert")" != "$(openssl pkey -pubout <<< "$key")" ]; then
         reject ONEAPP_SLM_TLS_KEY "(hidden)" "the key does not match ONEAPP_SLM_TLS_CERT"
     elif ! openssl x509 -noout -checkend 0 <<< "$cert" >/dev/null; then
-        reject ONEAPP_SLM_TLS_CERT "(expired $(openssl x509 -noout -enddate <<< "$cert" | cut -d= -f2))" \
+        reject ONEAPP_SLM_TLS_CERT "(expired $(cert_end <<< "$cert"))" \
             "the certificate has expired: give a current one"
     else
         # nginx's OpenSSL (security level 2) refuses weaker keys: name the field here rather than
@@ -497,6 +499,11 @@ ca_name_constraints() {
 # True when every name the CA must permit ($1) is among those it permits ($2).
 constraints_cover() {
     [ -z "$(comm -23 <(tr ',' '\n' <<< "$1" | sort) <(tr ',' '\n' <<< "$2" | sort))" ]
+}
+
+# A certificate's end date, as openssl prints it (arguments: -in FILE, or the PEM on stdin).
+cert_end() {
+    openssl x509 -noout -enddate "$@" | cut -d= -f2
 }
 
 # True when the certificate in $1 ends within $2 days (or is missing or unreadable).
