@@ -28,8 +28,13 @@ def stage(dest: Path) -> dict:
         os.link(item, dest / "engine" / item.name)
     os.link(model_file, dest / "model.gguf")
     facts = {**model.facts(model_file, pins["model"]["model_id"]), "MODEL_SHA256": pins["model"]["member_sha256"]}
+    extra = {}
+    if template := model.chat_template(pins):
+        shutil.copyfile(template, dest / model.CHAT_TEMPLATE_FILE)
+        facts["MODEL_CHAT_TEMPLATE"] = model.CHAT_TEMPLATE_FILE
+        extra[model.CHAT_TEMPLATE_FILE] = cache.sha256_file(dest / model.CHAT_TEMPLATE_FILE)
     (dest / "model.env").write_text("".join(f"{k}={v}\n" for k, v in facts.items()))
-    sums = {**{f"engine/{k}": v for k, v in cache.tree_manifest(dest / "engine").items()},
+    sums = {**{f"engine/{k}": v for k, v in cache.tree_manifest(dest / "engine").items()}, **extra,
             "model.gguf": pins["model"]["member_sha256"], "model.env": cache.sha256_file(dest / "model.env")}
     (dest / "SHA256SUMS").write_text("".join(f"{v}  {k}\n" for k, v in sorted(sums.items())))
     version = subprocess.run([dest / "engine" / "llama-server", "--version"],

@@ -9,6 +9,8 @@ from pathlib import Path
 from . import cache
 
 PLACEHOLDER = "PLACEHOLDER"
+CHAT_TEMPLATE_FILE = "chat-template.jinja"  # beside model.gguf; the appliance serves it when model.env names it
+TEMPLATES = Path(__file__).parent / "chat_templates"
 
 
 def ensure(pins: dict) -> Path:
@@ -27,6 +29,17 @@ def ensure(pins: dict) -> Path:
     cache.verify("model", partial, pin["member_sha256"])
     partial.rename(target)
     return target
+
+
+def chat_template(pins: dict) -> Path | None:
+    """The chat template served instead of the GGUF's own, when the pin names one."""
+    name = pins["model"].get("chat_template")
+    if not name:
+        return None
+    path = TEMPLATES / name
+    if not path.is_file():
+        raise RuntimeError(f"model.chat_template: {name} is not a file of {TEMPLATES}")
+    return path
 
 
 def production_pin_ready(pins: dict) -> None:

@@ -110,12 +110,24 @@ def sse_incremental(ep: Endpoint) -> dict:
     timings = s.chunks[-1].get("timings") or {}
     per_token = timings.get("predicted_per_token_ms", 0) / 1000 or (times[-1] - times[0]) / len(times)
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    bursts = 1 + sum(g > per_token / 4 for g in gaps)
+    bursts = count_bursts(times, per_token)
     figures = {"content_events": len(times), "bursts": bursts, "engine_ms_per_token": round(per_token * 1000, 1),
                "median_gap_ms": round(statistics.median(gaps) * 1000, 1),
                "first_event_s": round(times[0] - s.started, 3), "last_event_s": round(times[-1] - s.started, 3)}
     assert bursts >= len(times) / 2, f"events arrived in {bursts} bursts for {len(times)} tokens: buffered? {figures}"
     return figures
+
+
+def count_bursts(times: list[float], per_token_s: float) -> int:
+    """Arrivals closer than a quarter of the engine's per-token time count as one burst."""
+    return 1 + sum(b - a > per_token_s / 4 for a, b in zip(times, times[1:], strict=False))
+
+
+def assert_incremental(times: list[float], per_token_s: float, what: str) -> int:
+    """Token events delivered as generated: about one burst per token, not a handful in all."""
+    bursts = count_bursts(times, per_token_s)
+    assert bursts >= len(times) / 2, f"{what}: {len(times)} deltas arrived in {bursts} bursts: buffered?"
+    return bursts
 
 
 def basic_auth(user: str, password: str) -> str:
@@ -331,6 +343,7 @@ def key_absent_from_logs(ep: Endpoint, target) -> dict:
         for header in (f"Bearer {ep.api_key}", basic_auth("user", ep.api_key), f"Bearer {ep.api_key}x",
                        basic_auth(ep.api_key, "")):
             anon.get("/v1/models", headers={"Authorization": header})
+        anon.get("/v1/models", headers={"x-api-key": ep.api_key})  # as Anthropic clients send it
         # A generation too: the engine receives the key from nginx and logs requests at debug.
         anon.post("/v1/chat/completions", headers={"Authorization": f"Bearer {ep.api_key}"},
                   json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
@@ -500,30 +513,6 @@ def health_limited(ep: Endpoint, requests: int = 80) -> dict:
         assert set(codes) <= {200, 429}, f"unexpected statuses {sorted(set(codes))}"
         wait_until(lambda: anon.get("/health").status_code == 200, 30, interval=1, what="/health after the flood")
     return {"sent": requests, "limited": codes.count(429)}
-
-
-def openai_sdk(ep: Endpoint) -> dict:
-    """The official SDK, trusting the appliance CA (never verify=False), streams an answer to the end,
-    with `tools` in the request as coding agents send them."""
-    import openai
-
-    client = openai.OpenAI(base_url=f"{ep.base_url}/v1", api_key=ep.api_key,
-                           http_client=httpx.Client(verify=ep.tls_context()))
-    tools = [{"type": "function", "function": {
-        "name": "read_file", "description": "Read a file of the workspace",
-        "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}]
-    prompt, max_tokens = budget(ep, 8, 3)
-    try:
-        stream = client.chat.completions.create(model=ep.model or "default", messages=prompt,
-                                                max_tokens=max_tokens, stream=True, tools=tools)
-        choices = [c.choices[0] for c in stream if c.choices]
-    except openai.APIConnectionError as err:
-        raise AssertionError(f"the SDK could not connect: {err.__cause__!r}") from err
-    text = "".join(c.delta.content or "" for c in choices)
-    finish = choices[-1].finish_reason if choices else None
-    assert text.strip() or any(c.delta.tool_calls for c in choices), f"the SDK stream carried no answer: {choices}"
-    assert finish in ("stop", "length", "tool_calls"), f"the SDK stream ended with finish_reason {finish!r}"
-    return {"deltas": len(choices), "finish_reason": finish}
 
 
 def tls_versions(ep: Endpoint) -> dict:

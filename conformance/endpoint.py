@@ -120,6 +120,7 @@ class SSEStream:
     headers: httpx.Headers
     started: float
     events: list[tuple[float, str]] = field(default_factory=list)  # (arrival time, data)
+    names: list[str] = field(default_factory=list)  # each event's `event:` field ("" when it has none)
     body: str = ""
 
     @property
@@ -137,18 +138,28 @@ class SSEStream:
         return out
 
 
-def stream_chat(endpoint: Endpoint, messages: list[dict], max_tokens: int = 32, **extra) -> SSEStream:
-    body = {"model": endpoint.model or "default", "messages": messages, "max_tokens": max_tokens,
-            "stream": True, "stream_options": {"include_usage": True}, "seed": 42, **extra}
-    with endpoint.client() as client:
+def stream_events(endpoint: Endpoint, path: str, body: dict, **client_kwargs) -> SSEStream:
+    """POST `body` to `path` and read its server-sent events as they arrive."""
+    with endpoint.client(**client_kwargs) as client:
         started = time.monotonic()
-        with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+        with client.stream("POST", path, json=body) as resp:
             result = SSEStream(resp.status_code, resp.headers, started)
             if resp.status_code != 200:
                 result.body = resp.read().decode(errors="replace")
                 return result
+            name = ""
             # iter_lines yields as bytes arrive, so arrival times are the client's real view.
             for line in resp.iter_lines():
-                if line.startswith("data:"):
+                if line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
                     result.events.append((time.monotonic(), line[5:].strip()))
+                    result.names.append(name)
+                    name = ""
     return result
+
+
+def stream_chat(endpoint: Endpoint, messages: list[dict], max_tokens: int = 32, **extra) -> SSEStream:
+    body = {"model": endpoint.model or "default", "messages": messages, "max_tokens": max_tokens,
+            "stream": True, "stream_options": {"include_usage": True}, "seed": 42, **extra}
+    return stream_events(endpoint, "/v1/chat/completions", body)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vm_fixtures.layout import layout
-from vm_fixtures.util import free_port, wait_healthy, wait_until
+from vm_fixtures.util import free_ports, wait_healthy, wait_until
 
 from .support import REPO
 
@@ -35,7 +35,8 @@ class LocalStack:
     context: dict[str, str] = field(default_factory=dict)
     root: Path | None = None
     threads: int = 1  # two busy cores: -t 2 collapses under contention (shared notes)
-    ports: dict[str, int] = field(default_factory=lambda: {k: free_port() for k in ("engine", "https", "http")})
+    ports: dict[str, int] = field(default_factory=lambda: dict(zip(("engine", "https", "http"), free_ports(3),
+                                                                    strict=True)))
     engine: subprocess.Popen | None = None
     nginx: subprocess.Popen | None = None
 
@@ -45,9 +46,10 @@ class LocalStack:
         app = self.path(layout().app_dir)
         (app / "models").mkdir(parents=True, exist_ok=True)
         for name, target in (("engine", self.artifacts / "engine"), ("model.env", self.artifacts / "model.env"),
-                             ("models/model.gguf", self.artifacts / "model.gguf")):
+                             ("models/model.gguf", self.artifacts / "model.gguf"),
+                             ("models/chat-template.jinja", self.artifacts / "chat-template.jinja")):
             link = app / name
-            if not link.exists():
+            if target.exists() and not link.exists():
                 link.symlink_to(target.resolve())
 
     # -- the appliance's lifecycle, as the image runs it ----------------------------------------

@@ -20,6 +20,14 @@ def not_applicable(reason: str):
     pytest.skip(f"not applicable: {reason}")
 
 
+def time_boxed(settings, need_s: float, box_s: float, what: str) -> None:
+    """In the ci profile, a check whose work takes longer than `box_s` at the target's measured
+    speed (a TCG guest) is reported n/a with the figures; the release profile runs it anyway."""
+    if settings.profile != "release" and need_s > box_s:
+        not_applicable(f"{what} takes about {need_s:.0f} s at this target's speed, over the ci profile's "
+                       f"{box_s:.0f} s: it runs in the release profile")
+
+
 def engine_variants(proc_maps: str) -> list[str]:
     """The CPU variants (libggml-cpu-<tag>.so) an engine process has mapped, from /proc/<pid>/maps."""
     return sorted(set(re.findall(r"libggml-cpu-(\w+)\.so", proc_maps)))

@@ -99,6 +99,10 @@ class Target:
         """What configure decided (engine.env's SLM_* facts besides the engine's arguments)."""
         return parse_facts(self.host().read_file(f"{layout().conf_dir}/engine.env"))
 
+    def access_log(self) -> str:
+        """nginx's access log (key ids, never keys): which client asked what, answered how."""
+        return self.host().read_file(f"{layout().log_dir}/access.log")
+
     def named_keys(self) -> dict[str, str]:
         """ONEAPP_SLM_API_KEYS as configure kept them: id -> key."""
         return parse_named_keys(self.host().read_file(layout().api_keys_file))
@@ -166,6 +170,9 @@ class LocalTarget(Target):
     def engine_props(self) -> dict:
         return httpx.get(f"http://127.0.0.1:{self.stack.ports['engine']}/props", timeout=30,
                          headers={"Authorization": f"Bearer {self.stack.api_key}"}).json()
+
+    def access_log(self) -> str:
+        return self.stack.path(f"{layout().log_dir}/access.log").read_text()
 
     def logs(self) -> str:
         """Everything the appliance logged (its proxy, engine and stage logs), as one text."""

@@ -55,10 +55,6 @@ def test_cors_preflight(endpoint, record):
     record(checks.cors_preflight(endpoint))
 
 
-def test_openai_sdk_streams_trusting_the_appliance_ca(endpoint, record):
-    record(checks.openai_sdk(endpoint))
-
-
 def test_rate_limit_answers_429(endpoint, record):
     record(checks.rate_limit(endpoint))
 

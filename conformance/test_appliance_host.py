@@ -167,11 +167,13 @@ def test_certificate_renewal_scheduled(host_view):
 
 
 def test_ca_signs_only_for_the_appliance(host_view, record):
-    """The CA clients are told to trust carries critical name constraints and may not sign CAs."""
+    """The CA clients are told to trust carries critical name constraints and may not sign CAs; it
+    constrains no address (Claude Code refuses every certificate under a CA that does)."""
     ext = host_view.run(f"openssl x509 -noout -ext nameConstraints,basicConstraints -in {LAYOUT.ca_cert}").stdout
     assert "Name Constraints: critical" in ext and "Permitted:" in ext, ext
     assert "pathlen:0" in ext, ext
-    record({"permitted": sum(line.strip().startswith(("DNS:", "IP:")) for line in ext.splitlines())})
+    assert "IP:" not in ext, f"the CA constrains addresses: Claude Code cannot trust it\n{ext}"
+    record({"permitted": sum(line.strip().startswith("DNS:") for line in ext.splitlines())})
 
 
 @pytest.mark.core

@@ -10,10 +10,11 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import pytest
 
-from . import checks
+from . import agent_apis, checks
 from .endpoint import Endpoint
 from .stack import LocalStack
 from .support import REPO
@@ -34,6 +35,7 @@ class Defect:
     engine_frozen: bool = False  # SIGSTOP: alive and listening, never answering
     regex: bool = False  # `good` is a regular expression (rendered values vary with the host)
     with_target: bool = False  # the check also takes the target's view of the broken appliance
+    template: tuple[str, str] = ()  # (good, broken) in a copy of the served chat template, then served
 
 
 def served_config(ep: Endpoint, target: LocalTarget) -> dict:
@@ -60,7 +62,7 @@ DEFECTS = {
     "buffered_sse": Defect(checks.sse_incremental, "proxy.conf", "proxy_buffering off;",
                            "proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;"),
     "chat_routed_to_wrong_endpoint": Defect(checks.sse_protocol, "proxy.conf", "proxy_pass http://slm_engine;",
-                                            "proxy_pass http://slm_engine/v1/completions;"),
+                                            "rewrite ^ /v1/completions break; proxy_pass http://slm_engine;"),
     "no_auth": Defect(checks.auth, "protected.conf", "if ($slm_authorized != 1) {", "if ($slm_authorized = never) {"),
     "preflight_needs_auth": Defect(checks.cors_preflight, "protected.conf", "if ($request_method = OPTIONS) {",
                                    "if ($request_method = NEVER) {"),
@@ -70,18 +72,18 @@ DEFECTS = {
                                        "proxy_pass http://slm_engine; #"),
     "bare_502_while_engine_down": Defect(checks.engine_unavailable, "nginx.conf",
                                          "error_page 502 504 = @engine_unavailable;", "", engine_down=True),
-    "certificate_not_from_appliance_ca": Defect(checks.openai_sdk, context={"foreign_cert": "yes"}),
+    "certificate_not_from_appliance_ca": Defect(agent_apis.openai_sdk, context={"foreign_cert": "yes"}),
     # The history does not fit: the engine must refuse (400), and the check must notice.
     "context_too_small": Defect(checks.coherence, context={"ONEAPP_SLM_CONTEXT_SIZE": "512"}),
     "truncated_key_accepted": Defect(checks.auth_properties, "auth.js", "entry.slice(colon + 1) === d",
-                                     "(entry.slice(colon + 1) === d || (r.variables.slm_api_key.startsWith(given)"
-                                     " && given.length >= 8))"),
+                                     "(entry.slice(colon + 1) === d || (r.variables.slm_api_key.startsWith(given[g])"
+                                     " && given[g].length >= 8))"),
     "key_case_ignored": Defect(checks.auth_properties, "auth.js", "entry.slice(colon + 1) === d",
-                               "(entry.slice(colon + 1) === d || given.toLowerCase() === "
+                               "(entry.slice(colon + 1) === d || given[g].toLowerCase() === "
                                "r.variables.slm_api_key.toLowerCase())"),
     # 401 without the key as it should, yet nothing works with it.
-    "completions_broken_behind_auth": Defect(checks.legacy_completions, "nginx.conf", "location = /v1/completions {",
-                                             "location = /v1/completions {\n        proxy_method GET;"),
+    "completions_broken_behind_auth": Defect(checks.legacy_completions, "nginx.conf", "|responses|messages)$ {",
+                                             "|responses|messages)$ {\n        proxy_method GET;"),
     "engine_cors_headers_passed": Defect(checks.cors_on_responses, "proxy.conf",
                                          "proxy_hide_header Access-Control-Allow-Origin;", ""),
     "engine_echoes_refused_origins": Defect(partial(checks.cors_on_responses, allowed=IDE, refused=EVIL), "proxy.conf",
@@ -117,9 +119,43 @@ DEFECTS = {
                                        "/access.log;", with_target=True),
     "metrics_routed_to_the_model_list": Defect(checks.models_and_metrics, "nginx.conf", "location = /metrics {",
                                                "location = /metrics {\n        rewrite ^ /v1/models break;"),
+    # The APIs of Codex (Responses) and Claude Code (Messages) left out of the front's allow-list.
+    "responses_not_routed": Defect(agent_apis.responses_stream, "nginx.conf", "completions|responses|messages)$",
+                                   "completions|messages)$"),
+    "messages_not_routed": Defect(agent_apis.messages_stream, "nginx.conf", "|responses|messages)$",
+                                  "|responses)$"),
+    "count_tokens_not_routed": Defect(agent_apis.count_tokens, "nginx.conf", "location = /v1/messages/count_tokens {",
+                                      "location = /v1/messages/count_tokens_ {"),
+    "x_api_key_ignored": Defect(agent_apis.anthropic_auth, "auth.js", "const apiKey = r.headersIn['X-Api-Key'];",
+                                "const apiKey = null;"),
+    "anthropic_401_in_openai_shape": Defect(agent_apis.anthropic_auth, "auth.js", "const anthropic = /",
+                                            "const anthropic = false && /"),
+    # The model's own template (no tools): the engine drops `tools` and answers in plain text.
+    "chat_tools_dropped": Defect(agent_apis.tool_calls_chat, "engine.env", r" --chat-template-file \S+", "",
+                                 regex=True),
+    "responses_tools_dropped": Defect(agent_apis.tool_calls_responses, "engine.env", r" --chat-template-file \S+",
+                                      "", regex=True),
+    "messages_tools_dropped": Defect(agent_apis.tool_calls_messages, "engine.env", r" --chat-template-file \S+", "",
+                                     regex=True),
+    # A template that skips what it does not know: the agent's tool results never reach the model.
+    "tool_results_dropped_by_the_template": Defect(agent_apis.tool_results_accepted,
+                                                   template=("<tool_response>\n{{ text(message.content) }}\n", "")),
+    "anthropic_sdk_certificate_not_from_appliance_ca": Defect(agent_apis.anthropic_sdk,
+                                                              context={"foreign_cert": "yes"}),
     "legacy_tls_allowed": Defect(checks.tls_versions, "nginx.conf", "ssl_protocols TLSv1.2 TLSv1.3;",
                                  "ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3; ssl_ciphers DEFAULT:@SECLEVEL=0;"),
 }
+
+
+def serve_broken_template(stack: LocalStack, good: str, broken: str) -> None:
+    """The engine serves a copy of its chat template with one edit."""
+    env = stack.path("/etc/slm-copilot/engine.env")
+    served = re.search(r"--chat-template-file (\S+)", env.read_text()).group(1)
+    copy = stack.path("/etc/slm-copilot/broken-template.jinja")
+    text = Path(served).read_text()
+    assert good in text, f"the served chat template no longer contains {good!r}: update this control"
+    copy.write_text(text.replace(good, broken))
+    env.write_text(env.read_text().replace(served, str(copy)))
 
 
 @pytest.mark.negative_control
@@ -136,6 +172,8 @@ def test_negative_control(settings, endpoint, name, tmp_path, record):
         assert found, f"{defect.conf} no longer contains {defect.good!r}: update this control"
         path.write_text(re.sub(defect.good, defect.broken, text, count=1) if defect.regex
                         else text.replace(defect.good, defect.broken))
+    if defect.template:
+        serve_broken_template(stack, *defect.template)
     stack.start_engine()
     stack.start_nginx()
     if defect.engine_down:

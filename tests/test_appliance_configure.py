@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from conformance.stack import LocalStack
 from conformance.support import REPO, exposure_score
+from vm_fixtures.layout import layout
 
 
 def snapshot(stack: LocalStack) -> dict[str, str]:
@@ -50,6 +51,20 @@ def test_defaults_render_and_nginx_accepts(stack):
                    "/var/lib/slm-copilot/tls/ca.key", "/var/lib/slm-copilot/tls/active.key"):
         assert stack.path(secret).stat().st_mode & 0o077 == 0, f"{secret} readable by others"
     assert (stack.root / "etc/one-appliance/status").read_text().strip() == "configure_success"
+
+
+def test_tool_template_served_when_the_build_ships_one(stack, artifacts):
+    """model.env names a chat template beside the model (the test model has no tool template of its
+    own): the engine is told to use it; a model.env without one leaves the model's own."""
+    stack.configure()
+    served = engine_args(stack).get("--chat-template-file", "")
+    assert served.endswith("/models/chat-template.jinja") and Path(served).read_text().count("<tool_call>") >= 2
+    env = stack.path(f"{layout().app_dir}/model.env")
+    facts = (artifacts / "model.env").read_text()
+    env.unlink()  # a symlink to the build's file: replaced, not edited
+    env.write_text("".join(line + "\n" for line in facts.splitlines() if not line.startswith("MODEL_CHAT_TEMPLATE=")))
+    stack.configure()
+    assert "--chat-template-file" not in engine_args(stack)
 
 
 def test_configure_twice_is_byte_identical(stack):

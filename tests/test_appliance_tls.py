@@ -62,9 +62,27 @@ def test_served_certificate_verifies_against_the_ca(stack):
     assert verifies(stack, tls(stack, "server.crt"))
 
 
-@pytest.mark.parametrize("san", ["DNS:github.com", "DNS:pypi.org", "IP:8.8.8.8", "DNS:localhost.evil.example"])
+@pytest.mark.parametrize("san", ["DNS:github.com", "DNS:pypi.org", "DNS:localhost.evil.example",
+                                 "DNS:github.com,IP:127.0.0.1"])
 def test_ca_cannot_sign_for_other_sites(stack, tmp_path, san):
     assert not verifies(stack, issue(stack, tmp_path / "forged.crt", san)), f"the appliance CA vouches for {san}"
+
+
+def test_ca_constrains_no_address(stack):
+    """Claude Code refuses a CA that lists an IP constraint, whatever name it connects to."""
+    ext = openssl("x509", "-noout", "-ext", "nameConstraints", "-in", tls(stack, "ca.crt")).stdout
+    assert "Permitted:" in ext and "DNS:localhost" in ext, ext
+    assert "IP:" not in ext, f"the CA constrains addresses: Claude Code cannot trust it\n{ext}"
+
+
+def test_ca_of_an_earlier_version_reissued(stack):
+    """A CA constraining addresses (before 2026-11-23) is replaced at the next renewal."""
+    names = tls(stack, "ca.names")
+    names.write_text(names.read_text().strip() + ",permitted;IP:10.0.0.0/255.0.0.0\n")
+    ca = tls(stack, "ca.crt").read_bytes()
+    out = renew(stack)
+    assert tls(stack, "ca.crt").read_bytes() != ca and "clients must trust the new" in out.stdout, out.stdout
+    assert "IP:" not in tls(stack, "ca.names").read_text()
 
 
 def test_ca_cannot_make_intermediates(stack, tmp_path):

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from artifacts import cache, engine
-from conformance.stack import free_port
+from vm_fixtures.util import free_port
 
 
 def test_wrong_sha256_names_input_and_both_hashes(tmp_path):
@@ -80,6 +80,9 @@ def test_manifest_records_every_input(artifacts):
     assert manifest["model"]["member_sha256"] and manifest["production_model"]["sha256"].startswith("PLACEHOLDER")
     check = subprocess.run(["sha256sum", "--quiet", "--strict", "-c", "SHA256SUMS"], cwd=artifacts)
     assert check.returncode == 0
+    # The tool-capable chat template is staged, named by model.env and covered by the sums.
+    assert "MODEL_CHAT_TEMPLATE=chat-template.jinja" in (artifacts / "model.env").read_text()
+    assert "  chat-template.jinja\n" in (artifacts / "SHA256SUMS").read_text()
 
 
 def _instructions(lib: Path, register: str) -> int:

@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from conformance.stack import LocalStack, free_port
+from conformance.stack import LocalStack
 from conformance.support import REPO
+from vm_fixtures.util import free_port
 
 
 def appliance_function(stack: LocalStack, call: str, extra_env: dict) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ from . import accel, host
 from .context_iso import build_iso
 from .guest import Guest, GuestError
 from .layout import layout
-from .util import free_port
+from .util import free_ports
 
 NAME_PREFIX = "slm-conf-"
 WORK_ROOT = Path("/var/tmp/slm-vms")
@@ -229,7 +229,7 @@ class LibvirtPlatform:
         iso = build_iso(with_ssh_key(context, key), workdir / "context.iso")
         # "engine" reaches the guest's own address at the engine port: it must be refused there.
         guest_ports = {"ssh": 22, "https": 443, "http": 80, "engine": layout().engine_port}
-        ports = {k: free_port() for k in guest_ports}
+        ports = dict(zip(guest_ports, free_ports(len(guest_ports)), strict=True))
         forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{ports[k]}-:{guest}" for k, guest in guest_ports.items())
         xml = DOMAIN_XML.format(domain_type=decision.domain_type, name=name, memory=memory_mib,
                                 vcpus=vcpus, cpu=decision.cpu_xml(), overlay=overlay, iso=iso,

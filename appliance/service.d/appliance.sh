@@ -136,6 +136,9 @@ service_install() {
     install -m 0755 "$stage"/engine/* "${SLM_APP_DIR}/engine/"
     install -m 0644 "$stage/model.gguf" "${SLM_APP_DIR}/models/model.gguf"
     install -m 0644 "$stage/model.env" "${SLM_APP_DIR}/model.env"
+    if [ -f "$stage/chat-template.jinja" ]; then  # a tool-capable template for a model without one
+        install -m 0644 "$stage/chat-template.jinja" "${SLM_APP_DIR}/models/chat-template.jinja"
+    fi
     install -m 0644 "${SLM_TEMPLATES}/slm-copilot-engine.service" "${SLM_TEMPLATES}/${SLM_RENEW_UNIT}.service" \
         "${SLM_TEMPLATES}/${SLM_RENEW_UNIT}.timer" /etc/systemd/system/
     # nginx: restarted when it crashes (Debian's unit does not) and sandboxed like the engine.
@@ -230,6 +233,8 @@ EOM
     fi
     install -d -m 0755 "$(dirname "$SLM_ENGINE_INPUTS")"
     echo "$inputs" > "$SLM_ENGINE_INPUTS"
+    SLM_TOOLS=$(tool_support)
+    msg info "Tool calls: ${SLM_TOOLS}"
     SLM_TLS_NOTE=""
     [ "$ONEAPP_SLM_TLS_MODE" = letsencrypt ] && { try_letsencrypt || msg warning "$SLM_TLS_NOTE"; }
     SLM_STATUS=ready
@@ -476,24 +481,16 @@ subject_alt_names() {
     } | sort -u | paste -sd, -
 }
 
-# What the private CA may sign: this appliance's names, loopback and private addresses, and its
-# own public addresses. Clients trust it for exactly these (a copied CA key cannot sign for other
-# sites). Private addresses are covered as ranges, so a new DHCP lease does not need a new CA.
+# What the private CA may sign: this appliance's DNS names. Clients trust it for exactly these: a
+# copied CA key cannot sign for github.com or pypi.org. Addresses are left unconstrained: Claude
+# Code (BoringSSL) refuses every certificate under a CA that lists an IP constraint, whatever the
+# name used (UNSUPPORTED_CONSTRAINT_TYPE, measured with 2.1.330), and TLS to a bare IP address is
+# rare for the public services a forged certificate would be used against.
 ca_name_constraints() {
-    local sans=$1 name out
-    out="IP:127.0.0.0/255.0.0.0,IP:10.0.0.0/255.0.0.0,IP:172.16.0.0/255.240.0.0,IP:192.168.0.0/255.255.0.0"
-    out+=",IP:100.64.0.0/255.192.0.0,IP:::1/ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff,IP:fc00::/fe00::,IP:fe80::/ffc0::"
+    local sans=$1 name
     for name in ${sans//,/ }; do
-        case "$name" in
-            DNS:*) out+=",${name}" ;;
-            IP:127.* | IP:10.* | IP:192.168.* | IP:172.1[6-9].* | IP:172.2[0-9].* | IP:172.3[01].*) ;;
-            IP:100.6[4-9].* | IP:100.[7-9][0-9].* | IP:100.1[01][0-9].* | IP:100.12[0-7].*) ;;
-            IP:::1 | IP:f[cd]* | IP:fe[89ab]*) ;;
-            IP:*:*) out+=",${name}/ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" ;;
-            IP:*) out+=",${name}/255.255.255.255" ;;
-        esac
-    done
-    tr ',' '\n' <<< "$out" | sort -u | sed 's/^/permitted;/' | paste -sd, -
+        case "$name" in DNS:*) echo "permitted;${name}" ;; esac
+    done | sort -u | paste -sd, -
 }
 
 # True when every name the CA must permit ($1) is among those it permits ($2).
@@ -519,8 +516,9 @@ ensure_self_signed() {
     local dir=$1 sans constraints
     sans=$(subject_alt_names)
     constraints=$(ca_name_constraints "$sans")
+    # A CA of an earlier version constrains addresses too, which Claude Code cannot use: re-issued.
     if [ ! -s "$dir/ca.key" ] || ! constraints_cover "$constraints" "$(cat "$dir/ca.names" 2>/dev/null)" \
-        || expires_within "$dir/ca.crt" "$SLM_CA_RENEW_DAYS"; then
+        || grep -q 'permitted;IP:' "$dir/ca.names" || expires_within "$dir/ca.crt" "$SLM_CA_RENEW_DAYS"; then
         [ -s "$dir/ca.crt" ] && msg warning "Issuing a new appliance CA: clients must trust the new ${SLM_CA_CERT}"
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days "$SLM_CA_DAYS" \
             -subj "/CN=SLM-Copilot appliance CA" -keyout "$dir/ca.key" -out "$dir/ca.crt" \
@@ -603,10 +601,13 @@ render_engine() { # DEST CONTEXT-SIZE
     case "$ONEAPP_SLM_LOG_LEVEL" in error) verbosity=1 ;; warn) verbosity=2 ;; info) verbosity=3 ;; *) verbosity=4 ;; esac
     # --kv-unified: one KV pool for all slots, so a request may use the whole context size (split
     # per slot, a context of 8192 with 2 slots would silently be 4096 per request).
+    # The model's own chat template unless the build ships one beside it (model.env says which).
+    local template=""
+    [ -z "${MODEL_CHAT_TEMPLATE:-}" ] || template=" --chat-template-file ${SLM_APP_DIR}/models/${MODEL_CHAT_TEMPLATE}"
     printf 'SLM_ENGINE_ARGS="%s"\n' "--host 127.0.0.1 --port ${SLM_ENGINE_PORT} \
 --model ${SLM_APP_DIR}/models/model.gguf --alias ${MODEL_ID} --ctx-size ${ctx} \
 --threads ${threads} --parallel $((10#$ONEAPP_SLM_PARALLEL)) --temp ${ONEAPP_SLM_TEMPERATURE} \
---kv-unified --jinja --metrics --no-slots --no-webui --log-verbosity ${verbosity}" > "$dest/engine.env"
+--kv-unified --jinja${template} --metrics --no-slots --no-webui --log-verbosity ${verbosity}" > "$dest/engine.env"
     # What configure decided, apart from how the engine is told: the report says it, and the
     # conformance suite compares what the engine serves with it.
     printf 'SLM_CTX=%s\nSLM_MODEL_ID=%s\nSLM_TEMPERATURE=%s\nSLM_PARALLEL=%s\nSLM_TLS_MODE=%s\nSLM_DOMAIN=%s\n' \
@@ -668,6 +669,20 @@ wait_engine() {
 
 unit_property() { systemctl show -p "$1" --value "$SLM_ENGINE_UNIT"; }
 
+# Whether the served chat template lets the model call tools: without, the engine drops `tools`
+# from requests and answers in plain text, which agents cannot tell from a refusal to use them.
+tool_support() {
+    local props
+    # The key goes to curl on a file descriptor, not its command line (visible to every user).
+    props=$(curl -fsS --max-time 10 -H @<(printf 'Authorization: Bearer %s\n' "$(cat "$SLM_API_KEY_FILE")") \
+        "http://127.0.0.1:${SLM_ENGINE_PORT}/props" 2>/dev/null) || { echo "unknown (the engine's /props did not answer)"; return; }
+    if grep -q '"supports_tool_calls": *true' <<<"$props"; then
+        echo "yes (the served chat template declares tools)"
+    else
+        echo "no: the model's chat template declares no tools, so requests with tools get plain text"
+    fi
+}
+
 try_letsencrypt() {
     command -v certbot >/dev/null || { SLM_TLS_NOTE="certbot is not installed: serving the self-signed certificate"; return 1; }
     if certbot certonly --non-interactive --agree-tos --keep-until-expiring --webroot -w "$SLM_ACME_WEBROOT" \
@@ -697,6 +712,7 @@ endpoint = ${url}
 api_key = ${key}
 model = ${MODEL_ID}
 context_size = ${SLM_CTX}
+tool_calls = ${SLM_TOOLS:-unknown}
 tls_mode = ${ONEAPP_SLM_TLS_MODE}
 tls_note = ${SLM_TLS_NOTE:-}
 ca_certificate = ${SLM_CA_CERT}
@@ -705,7 +721,19 @@ named_keys = $(cut -d' ' -f1 "$SLM_API_KEYS_FILE" | paste -sd, - | sed 's/,/, /g
 named_keys_file = ${SLM_API_KEYS_FILE} (id and key per line; access log lines name the id)
 
 [openai-sdk]
-python = OpenAI(base_url="${url}", api_key="${key}", http_client=httpx.Client(verify="ca.crt"))
+environment = SSL_CERT_FILE=ca.crt
+python = OpenAI(base_url="${url}", api_key="${key}")
+
+[anthropic-sdk]
+environment = ANTHROPIC_BASE_URL=${url%/v1} ANTHROPIC_API_KEY=${key} SSL_CERT_FILE=ca.crt
+python = anthropic.Anthropic().messages.create(model="${MODEL_ID}", max_tokens=512, messages=[...])
+
+[codex]
+config_toml = model = "${MODEL_ID}", model_provider = "slm-copilot", [model_providers.slm-copilot] name = "SLM-Copilot", base_url = "${url}", env_key = "SLM_COPILOT_API_KEY", wire_api = "responses"
+environment = SLM_COPILOT_API_KEY=${key} SSL_CERT_FILE=ca.crt
+
+[claude-code]
+environment = ANTHROPIC_BASE_URL=${url%/v1} ANTHROPIC_AUTH_TOKEN=${key} ANTHROPIC_MODEL=${MODEL_ID} NODE_EXTRA_CA_CERTS=ca.crt
 
 [cline]
 api_provider = OpenAI Compatible

@@ -1,15 +1,15 @@
-// Accepts an API key as a Bearer token (OpenAI clients) or as the password of HTTP Basic auth
-// with any user name (curl -u). nginx holds only the keys' SHA-256 digests ($slm_keys, "id:digest"
-// comma-separated): a presented key is digested and compared with each, so the comparison's timing
-// does not depend on how much of a key a guess got right.
+// Accepts an API key the ways clients send one: a Bearer token (OpenAI clients, Claude Code's
+// ANTHROPIC_AUTH_TOKEN), the password of HTTP Basic auth with any user name (curl -u), or the
+// x-api-key header (Anthropic SDKs). nginx holds only the keys' SHA-256 digests ($slm_keys,
+// "id:digest" comma-separated): a presented key is digested and compared with each, so the
+// comparison's timing does not depend on how much of a key a guess got right.
 const crypto = require('crypto');
 
 function digest(value) {
     return crypto.createHash('sha256').update(value).digest('hex');
 }
 
-function presented(r) {
-    const header = r.headersIn['Authorization'] || '';
+function fromAuthorization(header) {
     const m = header.match(/^(Bearer|Basic)[ ]+([^ ]+)[ ]*$/i);
     if (!m) {
         return null;
@@ -22,20 +22,33 @@ function presented(r) {
     return colon < 0 ? null : decoded.slice(colon + 1);
 }
 
+// Every credential the request carries (a client may send both headers).
+function presented(r) {
+    const found = [];
+    const authorization = fromAuthorization(r.headersIn['Authorization'] || '');
+    if (authorization !== null) {
+        found.push(authorization);
+    }
+    const apiKey = r.headersIn['X-Api-Key'];
+    if (apiKey) {
+        found.push(apiKey);
+    }
+    return found;
+}
+
 // The id of the key presented ($slm_key_id: access log, per-key rate limit), or '' for none.
 function keyId(r) {
-    const given = presented(r);
-    if (given === null) {
-        return '';
-    }
-    const d = digest(given);
     const entries = (r.variables.slm_keys || '').split(',');
+    const given = presented(r);
     let id = '';
-    for (let i = 0; i < entries.length; i++) {  // njs 0.7 (bookworm) has no for...of
-        const entry = entries[i];
-        const colon = entry.indexOf(':');
-        if (colon > 0 && entry.slice(colon + 1) === d) {
-            id = entry.slice(0, colon);
+    for (let g = 0; g < given.length; g++) {  // njs 0.7 (bookworm) has no for...of
+        const d = digest(given[g]);
+        for (let i = 0; i < entries.length; i++) {
+            const entry = entries[i];
+            const colon = entry.indexOf(':');
+            if (colon > 0 && entry.slice(colon + 1) === d && !id) {
+                id = entry.slice(0, colon);
+            }
         }
     }
     return id;
@@ -45,10 +58,14 @@ function verdict(r) {
     return r.variables.slm_key_id ? '1' : '0';
 }
 
-// The answer to a request without a valid key (nginx sends it there after the failure rate limit).
+// The answer to a request without a valid key (nginx sends it there after the failure rate limit),
+// in the error shape of the API asked: Anthropic clients read {"type":"error","error":{...}}.
 function unauthorized(r) {
-    r.return(401, JSON.stringify({error: {message: 'Missing or invalid API key', type: 'authentication_error',
-                                          code: 401}}) + '\n');
+    const message = 'Missing or invalid API key';
+    const anthropic = /^\/v1\/messages([/?]|$)/.test(r.variables.request_uri || '');
+    const body = anthropic ? {type: 'error', error: {type: 'authentication_error', message: message}}
+                           : {error: {message: message, type: 'authentication_error', code: 401}};
+    r.return(401, JSON.stringify(body) + '\n');
 }
 
 export default { keyId, verdict, unauthorized };
