@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ class Invocation:
 @dataclass(frozen=True)
 class Client:
     name: str
-    package: str  # npm spec, pinned
+    package: str  # pinned: an npm spec (name@version) or a PyPI requirement (name==version)
     user_agent: str  # how its requests look in the access log
     prompt_tokens: int  # its first turn's prompt, measured: what the time box is judged by
     invocation: Callable[[Endpoint, str, Path, Path], Invocation]  # (endpoint, key, bin dir, home)
@@ -65,9 +66,20 @@ def claude_code(ep: Endpoint, key: str, bin_dir: Path, home: Path) -> Invocation
                       {})
 
 
+def aider(ep: Endpoint, key: str, bin_dir: Path, home: Path) -> Invocation:
+    """aider: an OpenAI-compatible model named openai/MODEL, base URL and key from the environment,
+    the CA through SSL_CERT_FILE; one message, edits applied, no git."""
+    return Invocation([str(bin_dir / "aider"), "--model", f"openai/{served_model(ep)}", "--message", TASK,
+                       "--yes-always", "--no-git", "--no-check-update", "--no-show-model-warnings", "--no-analytics",
+                       "hello.py"],
+                      {"OPENAI_API_BASE": f"{ep.base_url}/v1", "OPENAI_API_KEY": key, "SSL_CERT_FILE": ca(ep)}, {})
+
+
 CLIENTS = {c.name: c for c in (
     Client("codex", "@openai/codex@0.169.0", "codex_exec/", 6500, codex, "401 Unauthorized"),
     Client("claude-code", "@anthropic-ai/claude-code@2.1.330", "claude-cli/", 5000, claude_code, "401"),
+    # aider exits 0 even when the key is refused: its output and the access log tell.
+    Client("aider", "aider-chat==0.86.2", "OpenAI/Python", 700, aider, "AuthenticationError"),
 )}
 
 
@@ -83,19 +95,27 @@ def ca(ep: Endpoint) -> str:
     return str(ep.ca_file) if ep.ca_file else ""
 
 
-def install() -> Path:
-    """The pinned clients' bin directory, installed once per set of pins (npm, outside the clone)."""
-    specs = sorted(c.package for c in CLIENTS.values())
-    dest = cache_root() / "clients" / hashlib.sha256("\n".join(specs).encode()).hexdigest()[:16]
+def install(client: Client) -> Path:
+    """The bin directory of a pinned client, installed once per pin outside the clone: npm clients
+    with npm, PyPI ones into a virtualenv of their own (aider's dependencies are not the suite's)."""
+    digest = hashlib.sha256(client.package.encode()).hexdigest()[:16]
+    dest = cache_root() / "clients" / f"{client.name}-{digest}"
+    npm = "==" not in client.package
     if not (dest / ".installed").exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            raise RuntimeError("npm is not installed (./dev installs nodejs and npm): the coding agents cannot run")
-        dest.mkdir(parents=True, exist_ok=True)
-        subprocess.run([npm, "install", "--prefix", str(dest), "--no-audit", "--no-fund", "--loglevel=error",
-                        *specs], check=True, capture_output=True, text=True, timeout=900)
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        if npm:
+            if shutil.which("npm") is None:
+                raise RuntimeError(f"npm is not installed (./dev installs nodejs and npm): {client.name} cannot run")
+            steps = [["npm", "install", "--prefix", str(dest), "--no-audit", "--no-fund", "--loglevel=error",
+                      client.package]]
+        else:
+            steps = [[sys.executable, "-m", "venv", str(dest / "venv")],
+                     [str(dest / "venv" / "bin" / "pip"), "install", "-q", client.package]]
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True, text=True, timeout=900)
         (dest / ".installed").touch()
-    return dest / "node_modules" / ".bin"
+    return dest / "node_modules" / ".bin" if npm else dest / "venv" / "bin"
 
 
 @dataclass

@@ -17,15 +17,25 @@ from .targets import Unsupported
 
 BAD_KEY = "sk-conformance-wrong-key-0000"
 CI_BOX_S = 240  # in the ci profile a client's first turn must fit this at the measured speed
-FAILURE_WORDS = ("certificate", "SSL", "TLS", "Unauthorized", "stream error", "Connection error")
+FAILURE_WORDS = ("certificate", "SSL", "TLS", "Unauthorized", "AuthenticationError", "stream error",
+                 "Connection error", "APIConnectionError")
 
 
 @pytest.fixture(scope="session")
-def client_bin():
-    try:
-        return clients.install()
-    except (RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
-        raise RuntimeError(f"installing the pinned coding agents failed: {getattr(err, 'stderr', '') or err}") from err
+def client_bins() -> dict:
+    return {}
+
+
+@pytest.fixture
+def client_bin(name, client_bins):
+    """The client's pinned install (once per run); a failed install is a setup error, not a fail."""
+    if name not in client_bins:
+        try:
+            client_bins[name] = clients.install(clients.CLIENTS[name])
+        except (RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+            detail = getattr(err, "stderr", "") or err
+            raise RuntimeError(f"installing {name} ({clients.CLIENTS[name].package}) failed: {detail}") from err
+    return client_bins[name]
 
 
 def log_lines(target) -> list[str] | None:
