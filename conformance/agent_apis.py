@@ -84,12 +84,16 @@ def conforms(instance: dict, schema: dict, what: str) -> None:
         raise AssertionError(f"{what}: {err.message} in {json.dumps(instance)[:200]}") from None
 
 
-def anthropic_client(ep: Endpoint, key: str | None = None, bearer: bool = False):
-    """An httpx client that presents the key as Anthropic clients do: x-api-key (SDK) or Bearer
-    (Claude Code's ANTHROPIC_AUTH_TOKEN)."""
+def anthropic_headers(ep: Endpoint, key: str | None = None, bearer: bool = False) -> dict[str, str]:
+    """The key as Anthropic clients present it: x-api-key (SDK) or Bearer (Claude Code's
+    ANTHROPIC_AUTH_TOKEN)."""
     key = ep.api_key if key is None else key
     header = {"Authorization": f"Bearer {key}"} if bearer else {"x-api-key": key}
-    return ep.client(auth=False, headers={**header, "anthropic-version": "2023-06-01"})
+    return {**header, "anthropic-version": "2023-06-01"}
+
+
+def anthropic_client(ep: Endpoint, key: str | None = None, bearer: bool = False):
+    return ep.client(auth=False, headers=anthropic_headers(ep, key, bearer))
 
 
 def messages_body(ep: Endpoint, max_tokens: int, **extra) -> dict:
@@ -160,7 +164,7 @@ def messages_stream(ep: Endpoint, max_tokens: int = 12) -> dict:
     """Messages API streamed: message_start, content blocks opened before their deltas and closed
     after, message_delta with the stop reason and usage, message_stop last."""
     s = stream_events(ep, "/v1/messages", messages_body(ep, max_tokens, stream=True, temperature=0, ignore_eos=True),
-                      auth=False, headers={"x-api-key": ep.api_key, "anthropic-version": "2023-06-01"})
+                      auth=False, headers=anthropic_headers(ep))
     datas = typed_events(s)
     for d in datas:
         conforms(d, MESSAGES_STREAM_SCHEMA, "messages event")
@@ -322,8 +326,7 @@ def tool_calls_messages(ep: Endpoint) -> dict:
     for use in uses:
         assert use["name"] == TOOL_NAME and use.get("id"), f"block {use}"
         valid_arguments(use["input"], "messages")
-    s = stream_events(ep, "/v1/messages", {**body, "stream": True}, auth=False,
-                      headers={"x-api-key": ep.api_key, "anthropic-version": "2023-06-01"})
+    s = stream_events(ep, "/v1/messages", {**body, "stream": True}, auth=False, headers=anthropic_headers(ep))
     datas = typed_events(s)
     pieces: dict[int, str] = {}
     for d in datas:

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,8 +128,6 @@ class Outcome:
 
 def run(client: Client, ep: Endpoint, bin_dir: Path, work: Path, key: str) -> Outcome:
     """The client's coding task in a fresh project directory with a home of its own."""
-    import time
-
     home, project = work / "home", work / "project"
     project.mkdir(parents=True)
     (project / "hello.py").write_text(HELLO)

@@ -12,10 +12,10 @@ import subprocess
 import pytest
 
 from . import clients
+from .agent_apis import BAD_KEY
 from .support import time_boxed
 from .targets import Unsupported
 
-BAD_KEY = "sk-conformance-wrong-key-0000"
 CI_BOX_S = 240  # in the ci profile a client's first turn must fit this at the measured speed
 # Agents set no answer length: aider let the tiny model write for over 900 s in a TCG guest whose
 # speed put its 700-token prompt at 158 s (measured). The box counts a long answer too.
