@@ -1,12 +1,12 @@
-"""`nox -s benchmark -- [--bench-target local|vm|url] [--save-baseline] [--rounds N]`
+"""`nox -s benchmark -- [--bench-target local|vm|url] [--save-baseline] [--rounds N] [--compare OLD NEW]`
 
-Results accumulate in one dict over the session; at the end: machine context, JSON + Markdown +
-plots in reports/benchmark/, and the regression gate against benchmarks/baseline.json."""
+Results accumulate in one dict over the session; at the end: machine context and host key, a line in
+the history file, JSON + Markdown + plots in reports/benchmark/. The regression gate compares with
+this host's baseline (benchmarks/baselines/); `--compare` runs only the side-by-side comparison."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -21,7 +21,7 @@ from conformance.stack import LocalStack
 from conformance.support import REPO, not_applicable, prune_cpu_variants
 from conformance.targets import Target, Unsupported, target_class
 
-from . import gate, machine, report
+from . import gate, history, machine, report
 
 OUT = REPO / "reports" / "benchmark"
 
@@ -30,8 +30,24 @@ def pytest_addoption(parser):
     group = parser.getgroup("slm-copilot benchmarks")
     group.addoption("--bench-target", default=None,
                     help="local (default) | vm | url; or SLM_CONFORMANCE_TARGET / the config file's target")
-    group.addoption("--save-baseline", action="store_true", help="write this run as benchmarks/baseline.json")
+    group.addoption("--save-baseline", action="store_true",
+                    help="write this run as this host's baseline, benchmarks/baselines/<host key>.json")
     group.addoption("--rounds", type=int, default=5, help="interleaved A/B rounds and single-stream rounds")
+    group.addoption("--compare", nargs=2, metavar=("OLD", "NEW"), default=None,
+                    help="only compare two builds side by side: staged artifacts folders, `.` or git refs "
+                         "(local target), images (vm target)")
+    group.addoption("--history", default=None,
+                    help="the JSON-lines history file (default: SLM_BENCHMARK_HISTORY or "
+                         "~/.local/state/slm-copilot/benchmark-history.jsonl)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """--compare asks one question: only test_compare runs; without it, test_compare is left out."""
+    wanted = config.getoption("--compare") is not None
+    keep = [i for i in items if (i.name == "test_compare") == wanted]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
 
 
 RESULTS = pytest.StashKey[dict]()
@@ -47,6 +63,20 @@ def pytest_configure(config):
     config.stash[RESULTS] = {"target": settings.target}
     config.stash[ITL] = []
     config.stash[GATE_ROWS] = []
+
+
+@pytest.fixture(scope="session")
+def machine_context(results) -> dict:
+    """This machine's CPU, cores, memory and measured bandwidth, in the results (the host key's input)."""
+    return describe_machine(results)
+
+
+def describe_machine(results: dict) -> dict:
+    if "machine" not in results:
+        info = machine.cpu_info()
+        info["bandwidth_gbs"] = machine.memory_bandwidth_gbs()
+        results["machine"] = info
+    return results["machine"]
 
 
 @pytest.fixture(scope="session")
@@ -141,14 +171,17 @@ def pytest_sessionfinish(session):
     results = config.stash[RESULTS]
     if len(results) <= 1:
         return
-    info = machine.cpu_info()
-    info["bandwidth_gbs"] = machine.memory_bandwidth_gbs()
-    results["machine"] = info
+    info = describe_machine(results)
+    settings = config.stash[SETTINGS]
+    key = results["host_key"] = gate.host_key(results, settings.target, settings.url)
     decode = ((results.get("single") or {}).get("engine_decode_tps") or {}).get("p50")
     if decode and results.get("model_bytes"):
         results["roofline"] = machine.roofline(decode, results["model_bytes"], info["bandwidth_gbs"])
     rows = config.stash.get(GATE_ROWS, [])
     if config.getoption("--save-baseline"):
-        gate.BASELINE.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    report.write(results, rows, OUT, config.stash[ITL])
+        print(f"benchmark: baseline written to {gate.save(key, results)}")
+    past = Path(config.getoption("--history") or history.default_path())
+    if not config.getoption("--compare") and history.figures(results):
+        history.append(past, results, key, history.build_id(REPO / settings.artifacts))
+    report.write(results, rows, OUT, config.stash[ITL], past)
     print(f"benchmark: {OUT / 'benchmark.md'}")

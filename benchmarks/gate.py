@@ -1,23 +1,77 @@
-"""The regression gate: tight thresholds on ratios measured within one run (they survive a noisy
-machine), wide ones on absolute figures (they do not). Exit status 1 and a table on regression."""
+"""The regression gate against a stored baseline. Absolute figures (tok/s, TTFT) and the CPU-variant
+ratio are properties of the hardware: they are compared only with a baseline taken on the same kind
+of host (benchmarks/baselines/<host key>.json). Ratios measured within one run that the hardware
+does not set (the proxy against the engine directly) are compared with any baseline of the target.
+A host with no baseline of its own gets rows that say so, never a failure."""
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-BASELINE = Path(__file__).with_name("baseline.json")
+BASELINES = Path(__file__).with_name("baselines")
+# Memory bandwidth sets decode speed: a host whose copy bandwidth is this far from its baseline's
+# is another machine under the same CPU name (a cloud "AMD EPYC" spans generations).
+BANDWIDTH_TOLERANCE = 0.3
 
-# (name, path in the results, kind, threshold): 'ratio' fails below baseline - threshold (absolute
-# points), 'min' below baseline x threshold, 'max' above baseline x threshold.
+
+@dataclass(frozen=True)
+class Rule:
+    metric: str
+    path: tuple[str, ...]
+    kind: str  # 'ratio': fails below baseline - threshold; 'min': below baseline x threshold; 'max': above it
+    threshold: float
+    portable: bool  # hardware-independent: compared across hosts
+
+
 RULES = [
-    ("proxy/direct decode tok/s", ("proxy_overhead", "decode", "ratio_median"), "ratio", 0.15),
-    ("proxy/direct TTFT", ("proxy_overhead", "ttft", "ratio_median"), "max", 1.5),
-    ("best/x64 variant decode", ("cpu_variant", "ratio_median"), "min", 0.7),
-    ("decode tok/s (c=1)", ("single", "client_decode_tps", "p50"), "min", 0.5),
-    ("TTFT s (c=1)", ("single", "ttft_s", "p50"), "max", 2.5),
-    ("aggregate tok/s (c=4)", ("concurrency", "4", "aggregate_tps"), "min", 0.5),
+    Rule("proxy/direct decode tok/s", ("proxy_overhead", "decode", "ratio_median"), "ratio", 0.15, True),
+    Rule("proxy/direct TTFT", ("proxy_overhead", "ttft", "ratio_median"), "max", 1.5, True),
+    Rule("best/x64 variant decode", ("cpu_variant", "ratio_median"), "min", 0.7, False),
+    Rule("decode tok/s (c=1)", ("single", "client_decode_tps", "p50"), "min", 0.5, False),
+    Rule("TTFT s (c=1)", ("single", "ttft_s", "p50"), "max", 2.5, False),
+    Rule("aggregate tok/s (c=4)", ("concurrency", "4", "aggregate_tps"), "min", 0.5, False),
 ]
+
+
+def host_key(results: dict, target: str, url: str = "") -> str:
+    """What names a kind of host: the target, the CPU's name, its cores and the best engine variant
+    it loads (its ISA level). A url target is keyed by the appliance's host, not this machine."""
+    if target == "url":
+        return f"url-{_slug(urlsplit(url).netloc)}"
+    m = results.get("machine") or {}
+    return "-".join([target, _slug(m.get("model") or "unknown-cpu"), f"{m.get('cores')}c",
+                     (results.get("engine_variant") or "unknown").replace(",", "+")])
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48]
+
+
+def baseline_path(key: str) -> Path:
+    return BASELINES / f"{key}.json"
+
+
+def load(key: str) -> dict | None:
+    path = baseline_path(key)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def save(key: str, results: dict) -> Path:
+    BASELINES.mkdir(exist_ok=True)
+    path = baseline_path(key)
+    path.write_text(json.dumps({**results, "host_key": key}, indent=2, default=str) + "\n")
+    return path
+
+
+def any_of_target(target: str) -> dict | None:
+    """A baseline of this target from any host (for the portable rules), the newest file first."""
+    for path in sorted(BASELINES.glob(f"{target}-*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        return json.loads(path.read_text())
+    return None
 
 
 def lookup(results: dict, path: tuple) -> float | None:
@@ -28,27 +82,53 @@ def lookup(results: dict, path: tuple) -> float | None:
     return results
 
 
-def compare(baseline: dict, current: dict) -> tuple[bool, list[dict]]:
+def host_differs(baseline: dict, current: dict) -> str | None:
+    """Why a baseline with this host's key was still taken on other hardware, or None."""
+    old = lookup(baseline, ("machine", "bandwidth_gbs"))
+    now = lookup(current, ("machine", "bandwidth_gbs"))
+    if old and now and abs(now / old - 1) > BANDWIDTH_TOLERANCE:
+        return f"memory bandwidth {now:.1f} GB/s against the baseline's {old:.1f}"
+    return None
+
+
+def compare(current: dict, own: dict | None, portable: dict | None = None) -> tuple[bool, list[dict]]:
+    """`own`: this host's baseline (every rule); `portable`: another host's (portable rules only)."""
+    differs = host_differs(own, current) if own else None
     rows, ok = [], True
-    for name, path, kind, threshold in RULES:
-        base, now = lookup(baseline, path), lookup(current, path)
-        if base is None or now is None:
-            rows.append({"metric": name, "baseline": base, "current": now, "limit": None, "verdict": "not measured"})
+    for rule in RULES:
+        baseline, source = own, (own or {}).get("host_key", "this host")
+        if differs and not rule.portable:
+            rows.append(_row(rule, None, lookup(current, rule.path), f"not compared: {differs}"))
             continue
-        limit = {"ratio": base - threshold, "min": base * threshold, "max": base * threshold}[kind]
-        passed = now <= limit if kind == "max" else now >= limit
+        if baseline is None and rule.portable:
+            baseline, source = portable, (portable or {}).get("host_key", "another host")
+        if baseline is None:
+            rows.append(_row(rule, None, lookup(current, rule.path),
+                             "no baseline for this host" if not rule.portable else "no baseline"))
+            continue
+        base, now = lookup(baseline, rule.path), lookup(current, rule.path)
+        if base is None or now is None:
+            rows.append(_row(rule, base, now, "not measured"))
+            continue
+        limit = {"ratio": base - rule.threshold, "min": base * rule.threshold, "max": base * rule.threshold}[rule.kind]
+        passed = now <= limit if rule.kind == "max" else now >= limit
         ok &= passed
-        rows.append({"metric": name, "baseline": round(base, 3), "current": round(now, 3),
-                     "limit": f"{'<=' if kind == 'max' else '>='} {limit:.3f}",
-                     "verdict": "ok" if passed else "REGRESSION"})
+        rows.append(_row(rule, base, now, "ok" if passed else "REGRESSION",
+                         f"{'<=' if rule.kind == 'max' else '>='} {limit:.3f}", source))
     return ok, rows
 
 
+def _row(rule: Rule, base, now, verdict: str, limit: str | None = None, source: str | None = None) -> dict:
+    def r(v):
+        return round(v, 3) if isinstance(v, float) else v
+
+    return {"metric": rule.metric, "baseline": r(base), "current": r(now), "limit": limit, "verdict": verdict,
+            "baseline_host": source, "portable": rule.portable}
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| metric | baseline | current | limit | verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {r['metric']} | {r['baseline']} | {r['current']} | {r['limit']} | {r['verdict']} |" for r in rows]
+    lines = ["| metric | across hosts | baseline | current | limit | verdict | baseline taken on |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['metric']} | {'yes' if r['portable'] else 'no'} | {r['baseline']} | {r['current']} | "
+              f"{r['limit']} | {r['verdict']} | {r['baseline_host'] or ''} |" for r in rows]
     return "\n".join(lines)
-
-
-def load_baseline(path: Path = BASELINE) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None

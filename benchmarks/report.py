@@ -10,8 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from . import history  # noqa: E402
 
-def write(results: dict, gate_rows: list[dict], out: Path, itl_samples: list[float]) -> None:
+
+def write(results: dict, gate_rows: list[dict], out: Path, itl_samples: list[float], past: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     plots = []
@@ -45,7 +47,10 @@ def write(results: dict, gate_rows: list[dict], out: Path, itl_samples: list[flo
         fig.savefig(out / "cpu_models.png", dpi=100)
         plots.append("cpu_models.png")
         plt.close(fig)
-    (out / "benchmark.md").write_text(markdown(results, gate_rows, plots))
+    entries = history.read(past)
+    if entries and history.plot(entries, out / "history.png"):
+        plots.append("history.png")
+    (out / "benchmark.md").write_text(markdown(results, gate_rows, plots) + "\n".join(history.markdown(entries, past)))
 
 
 def _fmt(v) -> str:
@@ -53,12 +58,17 @@ def _fmt(v) -> str:
 
 
 def markdown(results: dict, gate_rows: list[dict], plots: list[str]) -> str:
-    lines = [f"# SLM-Copilot benchmark: target `{results['target']}`", ""]
+    lines = [f"# SLM-Copilot benchmark: target `{results['target']}`, host `{results.get('host_key')}`", ""]
     m = results.get("machine", {})
-    lines += [f"Machine: {m.get('model')} ({m.get('cores')} cores, {m.get('mem_gib')} GiB, flags "
-              f"{', '.join(m.get('flags', []))}); memory bandwidth {_fmt(m.get('bandwidth_gbs'))} GB/s; "
-              f"engine variant `{results.get('engine_variant')}`; model {results.get('model_bytes')} bytes; "
-              f"roofline {_fmt(results.get('roofline'))} of the memory-bound peak.", ""]
+    facts = [f"Machine: {m.get('model')} ({m.get('cores')} cores, {m.get('mem_gib')} GiB, flags "
+             f"{', '.join(m.get('flags', []))})", f"memory bandwidth {_fmt(m.get('bandwidth_gbs'))} GB/s"]
+    if results.get("engine_variant"):
+        facts.append(f"engine variant `{results['engine_variant']}`")
+    if results.get("model_bytes"):
+        facts.append(f"model {results['model_bytes']} bytes")
+    if results.get("roofline"):
+        facts.append(f"roofline {_fmt(results['roofline'])} of the memory-bound peak")
+    lines += ["; ".join(facts) + ".", ""]
     single = results.get("single") or {}
     if single:
         lines += ["## One stream", "", "| metric | p50 | p95 | p99 | mean |", "|---|---|---|---|---|"]
@@ -93,9 +103,12 @@ def markdown(results: dict, gate_rows: list[dict], plots: list[str]) -> str:
             lines.append(f"| {name} | {v['variant']} | {_fmt(v['engine_decode_tps'])} | "
                          f"{_fmt(v['engine_prompt_tps'])} |")
         lines.append("")
+    for comparison in (results.get("compare") or {}).values():
+        lines.append(comparison["markdown"])
     if gate_rows:
         from .gate import table
 
-        lines += ["## Regression gate", "", table(gate_rows), ""]
+        lines += ["## Regression gate", "", "Figures the hardware sets are judged only against a baseline of "
+                  "this host's key; the in-run ratios against any host's.", "", table(gate_rows), ""]
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"

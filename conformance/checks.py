@@ -14,6 +14,7 @@ import socket
 import ssl
 import statistics
 import time
+import uuid
 import warnings
 from urllib.parse import quote
 
@@ -21,7 +22,7 @@ import httpx
 import jsonschema
 from hypothesis import strategies as st
 
-from .endpoint import FULL_SIZE_S, SPEED_PROMPT, Endpoint, approx_tokens, stream_chat  # noqa: F401 (Endpoint re-exported)
+from .endpoint import FULL_SIZE_S, SPEED_PROMPT, Endpoint, approx_tokens, stream_chat, stream_events  # noqa: F401 (Endpoint re-exported)
 from .support import wait_until
 
 CHUNK_SCHEMA = {  # OpenAI chat.completion.chunk, the fields clients rely on
@@ -489,6 +490,41 @@ def named_keys_served(ep: Endpoint, target) -> dict:
         assert re.search(rf'"named-{re.escape(key_id)}" \S+ key={re.escape(key_id)}\b', logs), \
             f"no access log line names the key id {key_id}"
     return {"ids": len(keys)}
+
+
+def token_counts_logged(ep: Endpoint, target) -> dict:
+    """Each generation's access log line carries the prompt and completion tokens the engine
+    counted, beside the key's id, whatever the API and whether streamed or not: a key's usage is
+    the sum of its lines. Anthropic's input_tokens leaves out the cached prompt: the log does not."""
+    agent = f"tokens-{uuid.uuid4().hex[:8]}"
+    chat = {"model": ep.model or "default", "messages": SHORT_PROMPT, "max_tokens": 8, "temperature": 0}
+    usage: dict[str, tuple[int, int]] = {}
+    with ep.client(headers={"User-Agent": f"{agent}-chat"}) as client:
+        r = client.post("/v1/chat/completions", json=chat)
+        assert r.status_code == 200, f"chat: HTTP {r.status_code}: {r.text[:200]}"
+        usage["chat"] = (r.json()["usage"]["prompt_tokens"], r.json()["usage"]["completion_tokens"])
+    with ep.client(headers={"User-Agent": f"{agent}-messages", "anthropic-version": "2023-06-01"}) as client:
+        r = client.post("/v1/messages", json=chat)
+        assert r.status_code == 200, f"messages: HTTP {r.status_code}: {r.text[:200]}"
+        u = r.json()["usage"]
+        usage["messages"] = (u["input_tokens"] + u.get("cache_read_input_tokens", 0)
+                             + u.get("cache_creation_input_tokens", 0), u["output_tokens"])
+    for name, options in (("stream", {"stream_options": {"include_usage": True}}), ("stream-no-usage", {})):
+        s = stream_events(ep, "/v1/chat/completions", {**chat, "stream": True, **options},
+                          headers={"User-Agent": f"{agent}-{name}"})
+        assert s.status == 200, f"{name}: HTTP {s.status}: {s.body[:200]}"
+        usage[name] = usage["chat"]  # the same request at temperature 0: the same counts
+    time.sleep(1)  # nginx writes its logs after the response
+    log = target.access_log().splitlines()
+    for name, expected in usage.items():
+        lines = [line for line in log if f'"{agent}-{name}"' in line]
+        assert lines, f"no access log line for the {name} request"
+        m = re.search(r"key=(\S*) tokens_in=(\S+) tokens_out=(\S+)$", lines[-1])
+        assert m, f"no token counts in the access log line of the {name} request: {lines[-1]}"
+        assert m.group(1) not in ("", "-"), f"the {name} request's line names no key: {lines[-1]}"
+        assert m.group(2, 3) == tuple(map(str, expected)), \
+            f"{name}: the log counts in/out {m.group(2, 3)}, the engine's usage says {expected}"
+    return {name: f"{i}/{o}" for name, (i, o) in usage.items()}
 
 
 def per_key_limit(ep: Endpoint, target, requests: int = 40) -> dict:

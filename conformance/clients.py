@@ -9,6 +9,7 @@ One entry per client in CLIENTS; a client's recipe is the README's, with its neg
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -76,11 +77,23 @@ def aider(ep: Endpoint, key: str, bin_dir: Path, home: Path) -> Invocation:
                       {"OPENAI_API_BASE": f"{ep.base_url}/v1", "OPENAI_API_KEY": key, "SSL_CERT_FILE": ca(ep)}, {})
 
 
+def llm_cli(ep: Endpoint, key: str, bin_dir: Path, home: Path) -> Invocation:
+    """Simon Willison's llm CLI: an extra OpenAI-compatible model in extra-openai-models.yaml, its key
+    stored under the model's api_key_name (what `llm keys set slm-copilot` writes), the CA through
+    SSL_CERT_FILE; the file given as a fragment, the answer streamed."""
+    models = (f"- model_id: slm-copilot\n  model_name: {served_model(ep)}\n  api_base: {ep.base_url}/v1\n"
+              "  api_key_name: slm-copilot\n  supports_tools: true\n")
+    return Invocation([str(bin_dir / "llm"), "-m", "slm-copilot", "-f", "hello.py", TASK],
+                      {"LLM_USER_PATH": str(home / "llm"), "SSL_CERT_FILE": ca(ep)},
+                      {"llm/extra-openai-models.yaml": models, "llm/keys.json": json.dumps({"slm-copilot": key})})
+
+
 CLIENTS = {c.name: c for c in (
     Client("codex", "@openai/codex@0.169.0", "codex_exec/", 6500, codex, "401 Unauthorized"),
     Client("claude-code", "@anthropic-ai/claude-code@2.1.330", "claude-cli/", 5000, claude_code, "401"),
     # aider exits 0 even when the key is refused: its output and the access log tell.
     Client("aider", "aider-chat==0.86.2", "OpenAI/Python", 700, aider, "AuthenticationError"),
+    Client("llm", "llm==0.36", "OpenAI/Python", 100, llm_cli, "Error code: 401"),
 )}
 
 
@@ -134,6 +147,7 @@ def run(client: Client, ep: Endpoint, bin_dir: Path, work: Path, key: str) -> Ou
     inv = client.invocation(ep, key, bin_dir, home)
     for rel, text in inv.files.items():
         (home / rel).parent.mkdir(parents=True, exist_ok=True)
+        (home / rel).touch(mode=0o600)  # a client's config may hold the key
         (home / rel).write_text(text)
     base = {k: os.environ[k] for k in ("PATH", "LANG", "TERM") if k in os.environ}
     started = time.monotonic()

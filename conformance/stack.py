@@ -35,6 +35,7 @@ class LocalStack:
     context: dict[str, str] = field(default_factory=dict)
     root: Path | None = None
     threads: int = 1  # two busy cores: -t 2 collapses under contention (shared notes)
+    service: Path = SERVICE  # the appliance's service.sh (another checkout's, to compare builds)
     ports: dict[str, int] = field(default_factory=lambda: dict(zip(("engine", "https", "http"), free_ports(3),
                                                                     strict=True)))
     engine: subprocess.Popen | None = None
@@ -63,7 +64,7 @@ class LocalStack:
 
     def configure(self, check: bool = True) -> subprocess.CompletedProcess:
         # The stage's log (stdout and stderr, as tee'd to configure.log) comes back as stdout.
-        result = subprocess.run([SERVICE, "configure"], env=self.env(), stdout=subprocess.PIPE,
+        result = subprocess.run([self.service, "configure"], env=self.env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, timeout=120)
         if check and result.returncode != 0:
             raise StackError(f"configure failed ({result.returncode}):\n{result.stdout}")

@@ -47,6 +47,10 @@ def test_long_non_streamed_answer_is_not_cut(endpoint, record):
     record(checks.long_silent_answer(endpoint))
 
 
+def test_token_counts_in_the_access_log(target, endpoint, record):
+    record(capability(lambda: checks.token_counts_logged(endpoint, target)))
+
+
 def test_allow_list(endpoint, record):
     record(checks.allow_list(endpoint))
 

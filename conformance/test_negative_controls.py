@@ -111,6 +111,10 @@ DEFECTS = {
                                  context=NAMED_KEYS, with_target=True),
     "key_id_not_logged": Defect(checks.named_keys_served, "nginx.conf", "key=$slm_key_id", "key=-",
                                 context=NAMED_KEYS, with_target=True),
+    # Usage per key is read from the access log: a front that stops counting leaves "-" there.
+    "token_counts_not_logged": Defect(checks.token_counts_logged, "nginx.conf",
+                                      "js_body_filter slm_auth.countTokens buffer_type=buffer;", "",
+                                      with_target=True),
     "no_per_key_limit": Defect(checks.per_key_limit, "protected.conf", "limit_req zone=slm_key",
                                "#limit_req zone=slm_key", context=KEY_LIMITED, with_target=True),
     "health_unlimited": Defect(checks.health_limited, "nginx.conf", "limit_req zone=slm_health",

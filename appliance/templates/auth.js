@@ -68,4 +68,50 @@ function unauthorized(r) {
     r.return(401, JSON.stringify(body) + '\n');
 }
 
-export default { keyId, verdict, unauthorized };
+// Token counts of a generation for the access log ($slm_tokens_in, $slm_tokens_out), read from the
+// engine's answer as it passes, streamed or not, in each API's own words: OpenAI's usage (prompt
+// counts include the cached part), Anthropic's (input_tokens excludes it: the cache counts are
+// added) and, for a stream without usage, the engine's timings. A key's usage is the sum of the
+// lines with its id. The data goes on first and unchanged: the stream is never held back. The
+// last bytes of a chunk are scanned again with the next, so a count cut in two is read whole.
+const USAGE = /"(prompt_tokens|completion_tokens|input_tokens|output_tokens|cache_read_input_tokens|cache_creation_input_tokens|prompt_n|cache_n|predicted_n)":\s*(\d+)/g;
+
+function countTokens(r, data, flags) {
+    r.sendBuffer(data, flags);
+    const text = r.variables.slm_usage_tail + data.toString();
+    const seen = JSON.parse(r.variables.slm_usage || '{}');
+    let m;
+    USAGE.lastIndex = 0;
+    while ((m = USAGE.exec(text)) !== null) {
+        seen[m[1]] = Number(m[2]);  // the last value wins: final events carry the totals
+    }
+    r.variables.slm_usage = JSON.stringify(seen);
+    r.variables.slm_usage_tail = text.slice(-60);
+}
+
+function sum(seen, names) {
+    let total = null;
+    for (let i = 0; i < names.length; i++) {
+        if (seen[names[i]] !== undefined) {
+            total = (total || 0) + seen[names[i]];
+        }
+    }
+    return total;
+}
+
+function counted(r, openai, anthropic, timings) {
+    const seen = JSON.parse(r.variables.slm_usage || '{}');
+    const n = [sum(seen, openai), sum(seen, anthropic), sum(seen, timings)].filter(v => v !== null);
+    return n.length ? String(n[0]) : '-';
+}
+
+function tokensIn(r) {
+    return counted(r, ['prompt_tokens'], ['input_tokens', 'cache_read_input_tokens', 'cache_creation_input_tokens'],
+                   ['prompt_n', 'cache_n']);
+}
+
+function tokensOut(r) {
+    return counted(r, ['completion_tokens'], ['output_tokens'], ['predicted_n']);
+}
+
+export default { keyId, verdict, unauthorized, countTokens, tokensIn, tokensOut };
