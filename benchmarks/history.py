@@ -64,7 +64,7 @@ def plot(entries: list[dict], out: Path) -> Path | None:
     names = sorted({n for e in entries for n in e["figures"]})
     if not names:
         return None
-    fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.2 * len(names)), squeeze=False)
+    fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.2 * len(names)), squeeze=False, sharex=True)
     for ax, name in zip(axes[:, 0], names, strict=True):
         for host in sorted({e["host"] for e in entries}):
             points = [(i, e["figures"][name]) for i, e in enumerate(entries)
