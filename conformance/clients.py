@@ -77,6 +77,18 @@ def aider(ep: Endpoint, key: str, bin_dir: Path, home: Path) -> Invocation:
                       {"OPENAI_API_BASE": f"{ep.base_url}/v1", "OPENAI_API_KEY": key, "SSL_CERT_FILE": ca(ep)}, {})
 
 
+def continue_cli(ep: Endpoint, key: str, bin_dir: Path, home: Path) -> Invocation:
+    """Continue CLI (cn): a config.yaml with an openai-provider model at the appliance's /v1 (name,
+    version and schema are required at the top), the CA through NODE_EXTRA_CA_CERTS; -p runs one
+    task headless and exits non-zero on an error."""
+    config = ("name: SLM-Copilot\nversion: 1.0.0\nschema: v1\nmodels:\n  - name: SLM-Copilot\n"
+              f"    provider: openai\n    model: {served_model(ep)}\n    apiBase: {ep.base_url}/v1\n"
+              f"    apiKey: {key}\n    roles: [chat, edit, apply]\n")
+    return Invocation([str(bin_dir / "cn"), "-p", "--config", str(home / ".continue" / "config.yaml"), TASK],
+                      {"NODE_EXTRA_CA_CERTS": ca(ep), "CONTINUE_TELEMETRY_ENABLED": "0"},
+                      {".continue/config.yaml": config})
+
+
 def llm_cli(ep: Endpoint, key: str, bin_dir: Path, home: Path) -> Invocation:
     """Simon Willison's llm CLI: an extra OpenAI-compatible model in extra-openai-models.yaml, its key
     stored under the model's api_key_name (what `llm keys set slm-copilot` writes), the CA through
@@ -93,6 +105,8 @@ CLIENTS = {c.name: c for c in (
     Client("claude-code", "@anthropic-ai/claude-code@2.1.330", "claude-cli/", 5000, claude_code, "401"),
     # aider exits 0 even when the key is refused: its output and the access log tell.
     Client("aider", "aider-chat==0.86.2", "OpenAI/Python", 700, aider, "AuthenticationError"),
+    # Its requests say "ls/JS 5.23.2" (the OpenAI JS SDK's agent, as this release sends it).
+    Client("continue", "@continuedev/cli@1.5.47", "ls/JS", 1400, continue_cli, "401 Missing or invalid API key"),
     Client("llm", "llm==0.36", "OpenAI/Python", 100, llm_cli, "Error code: 401"),
 )}
 
