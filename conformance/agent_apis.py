@@ -246,13 +246,17 @@ def valid_arguments(arguments: str | dict, where: str) -> dict:
     return args
 
 
-def tool_calls_chat(ep: Endpoint) -> dict:
-    """A required tool call on chat completions comes back as tool_calls with schema-valid
-    arguments, whole and streamed (the pieces concatenate to the same kind of JSON)."""
-    body = {"model": ep.model or "default", "max_tokens": TOOL_TOKENS, "temperature": 0, "tool_choice": "required",
+def chat_tool_body(ep: Endpoint) -> dict:
+    return {"model": ep.model or "default", "max_tokens": TOOL_TOKENS, "temperature": 0, "tool_choice": "required",
             "tools": [{"type": "function", "function": {"name": TOOL_NAME, "description": TOOL_DESCRIPTION,
                                                         "parameters": TOOL_SCHEMA}}],
             "messages": [{"role": "user", "content": TOOL_ASK}, {"role": "assistant", "content": TOOL_PREFILL}]}
+
+
+def tool_calls_chat(ep: Endpoint) -> dict:
+    """A required tool call on chat completions comes back as tool_calls with schema-valid
+    arguments, whole and streamed (the pieces concatenate to the same kind of JSON)."""
+    body = chat_tool_body(ep)
     with ep.client() as client:
         r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, f"chat with tools: HTTP {r.status_code}: {r.text[:300]}"
@@ -278,6 +282,29 @@ def tool_calls_chat(ep: Endpoint) -> dict:
         valid_arguments(arguments, f"streamed call {index}")
     assert finish == "tool_calls", f"stream finish_reason {finish!r}"
     return {"calls": len(calls), "streamed_calls": len(pieces)}
+
+
+def models_list_capabilities(ep: Endpoint) -> dict:
+    """/v1/models says what agents size and plan by, and says it truly: the served context as
+    context_length (the engine's n_ctx), and whether the model calls tools (OpenRouter's
+    supported_parameters, Ollama's capabilities), which must be what a forced call shows."""
+    with ep.client() as client:
+        listing = client.get("/v1/models")
+        assert listing.status_code == 200, f"/v1/models: HTTP {listing.status_code}"
+        called = client.post("/v1/chat/completions", json=chat_tool_body(ep))
+    assert called.status_code == 200, f"chat with tools: HTTP {called.status_code}: {called.text[:300]}"
+    body = listing.json()
+    model = body["data"][0]
+    assert model.get("context_length") == model["meta"]["n_ctx"], \
+        f"context_length {model.get('context_length')!r}, but the engine serves n_ctx {model['meta']['n_ctx']}"
+    assert "supported_parameters" in model, "/v1/models does not say whether the model calls tools"
+    listed = "tools" in model["supported_parameters"]
+    ollama = "tools" in body["models"][0]["capabilities"]
+    assert ollama == listed, f"supported_parameters and capabilities disagree on tools: {body}"
+    calls = bool(called.json()["choices"][0]["message"].get("tool_calls"))
+    assert listed == calls, (f"/v1/models lists tools as {'supported' if listed else 'unsupported'}, but a forced "
+                             f"call came back {'as tool_calls' if calls else 'as text'}")
+    return {"context_length": model["context_length"], "tools": listed}
 
 
 def tool_calls_responses(ep: Endpoint) -> dict:

@@ -33,6 +33,7 @@ class Invocation:
     argv: list[str]
     env: dict[str, str]
     files: dict[str, str]  # written under the client's home before it runs
+    setup: tuple[list[str], ...] = ()  # the client's own configuration commands, run first
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,19 @@ def continue_cli(ep: Endpoint, key: str, bin_dir: Path, home: Path) -> Invocatio
                       {".continue/config.yaml": config})
 
 
+def cline(ep: Endpoint, key: str, bin_dir: Path, home: Path) -> Invocation:
+    """Cline CLI: `cline auth` stores an OpenAI-compatible provider (base URL, key, model id), the CA
+    through NODE_EXTRA_CA_CERTS; a task given as the argument runs headless in act mode with its
+    tools auto-approved. The local session backend keeps it from leaving its hub daemon running
+    after the task, and no update is looked for."""
+    return Invocation([str(bin_dir / "cline"), TASK],
+                      {"NODE_EXTRA_CA_CERTS": ca(ep), "CLINE_SESSION_BACKEND_MODE": "local",
+                       "CLINE_NO_AUTO_UPDATE": "1"},
+                      {},
+                      ([str(bin_dir / "cline"), "auth", "-p", "openai", "-k", key, "-m", served_model(ep),
+                        "-b", f"{ep.base_url}/v1"],))
+
+
 def llm_cli(ep: Endpoint, key: str, bin_dir: Path, home: Path) -> Invocation:
     """Simon Willison's llm CLI: an extra OpenAI-compatible model in extra-openai-models.yaml, its key
     stored under the model's api_key_name (what `llm keys set slm-copilot` writes), the CA through
@@ -108,6 +122,8 @@ CLIENTS = {c.name: c for c in (
     # Its requests say "ls/JS 5.23.2" (the OpenAI JS SDK's agent, as this release sends it).
     Client("continue", "@continuedev/cli@1.5.47", "ls/JS", 1400, continue_cli, "401 Missing or invalid API key"),
     Client("llm", "llm==0.36", "OpenAI/Python", 100, llm_cli, "Error code: 401"),
+    # Its first turn: a 5,400-token system prompt of tools and rules (measured in the access log).
+    Client("cline", "cline@3.0.65", "ai-sdk/openai-compatible", 5400, cline, "Missing or invalid API key"),
 )}
 
 
@@ -164,8 +180,15 @@ def run(client: Client, ep: Endpoint, bin_dir: Path, work: Path, key: str) -> Ou
         (home / rel).touch(mode=0o600)  # a client's config may hold the key
         (home / rel).write_text(text)
     base = {k: os.environ[k] for k in ("PATH", "LANG", "TERM") if k in os.environ}
+    env = {**base, "HOME": str(home), **inv.env}
+    for step in inv.setup:
+        done = subprocess.run(step, cwd=project, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:  # the command line may hold the key: only its masked output is told
+            raise RuntimeError(f"{client.name}'s configuration step {step[1:2]} exited {done.returncode}: "
+                               + (done.stdout + done.stderr).replace(key, "<key>")[-500:])
     started = time.monotonic()
-    done = subprocess.run(inv.argv, cwd=project, env={**base, "HOME": str(home), **inv.env}, stdin=subprocess.DEVNULL,
+    done = subprocess.run(inv.argv, cwd=project, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     output = (done.stdout + done.stderr).replace(key, "<key>")
     return Outcome(done.returncode, output, round(time.monotonic() - started, 1))

@@ -13,7 +13,8 @@ CI_BOX_S = 60  # per request, in the ci profile
 
 API_CHECKS = [a.responses_stream, a.responses_plain, a.messages_stream, a.messages_plain, a.count_tokens,
               a.anthropic_auth, a.openai_sdk, a.anthropic_sdk]
-TOOL_CHECKS = [a.tool_calls_chat, a.tool_calls_responses, a.tool_calls_messages, a.tool_results_accepted]
+TOOL_CHECKS = [a.tool_calls_chat, a.tool_calls_responses, a.tool_calls_messages, a.tool_results_accepted,
+               a.models_list_capabilities]
 
 
 @pytest.mark.parametrize("check", API_CHECKS, ids=lambda f: f.__name__)

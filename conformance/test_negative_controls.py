@@ -144,6 +144,12 @@ DEFECTS = {
     # A template that skips what it does not know: the agent's tool results never reach the model.
     "tool_results_dropped_by_the_template": Defect(agent_apis.tool_results_accepted,
                                                    template=("<tool_response>\n{{ text(message.content) }}\n", "")),
+    # The engine's own list, as it was: no context_length, no word on tools.
+    "model_list_silent_on_tools": Defect(agent_apis.models_list_capabilities, "nginx.conf",
+                                         "js_content slm_models.listing;", "rewrite ^ /_slm_engine/v1/models last;"),
+    # A list that says the opposite of what the served template does.
+    "model_list_denies_tools": Defect(agent_apis.models_list_capabilities, "models.js",
+                                      "caps.supports_tool_calls === true", "caps.supports_tool_calls !== true"),
     "anthropic_sdk_certificate_not_from_appliance_ca": Defect(agent_apis.anthropic_sdk,
                                                               context={"foreign_cert": "yes"}),
     "legacy_tls_allowed": Defect(checks.tls_versions, "nginx.conf", "ssl_protocols TLSv1.2 TLSv1.3;",
@@ -236,5 +242,22 @@ def test_cors_origin_list_holds_on_proxied_responses(settings, endpoint, record)
     stack.start()
     try:
         record(checks.cors_on_responses(Endpoint.of_stack(stack, speed=endpoint.speed), allowed=IDE, refused=EVIL))
+    finally:
+        stack.stop()
+
+
+def test_model_without_tools_is_listed_without_them(settings, endpoint, record):
+    """The twin of model_list_denies_tools: served with its own template (no tools), the model is
+    listed without them, so an agent is told rather than having its tools dropped in silence."""
+    stack = LocalStack(REPO / settings.artifacts)
+    stack.configure()
+    env = stack.path("/etc/slm-copilot/engine.env")
+    env.write_text(re.sub(r" --chat-template-file \S+", "", env.read_text()))
+    stack.start_engine()
+    stack.start_nginx()
+    try:
+        figures = agent_apis.models_list_capabilities(Endpoint.of_stack(stack, speed=endpoint.speed))
+        assert figures["tools"] is False, figures
+        record(figures)
     finally:
         stack.stop()

@@ -72,6 +72,7 @@ SLM_CA_CERT="${SLM_TLS_DIR}/ca.crt"
 SLM_ENGINE_UNIT=slm-copilot-engine
 SLM_RENEW_UNIT=slm-copilot-renew
 SLM_NGINX_FILES=(nginx.conf protected.conf proxy.conf headers.conf)  # rendered from templates/
+SLM_NJS_FILES=(auth.js models.js)  # nginx's scripts, copied from templates/
 SLM_ENGINE_PORT="${SLM_ENGINE_PORT:-8081}"
 SLM_HTTPS_PORT="${SLM_HTTPS_PORT:-443}"
 SLM_HTTP_PORT="${SLM_HTTP_PORT:-80}"
@@ -88,7 +89,7 @@ SLM_CA_DAYS=1825 SLM_CA_RENEW_DAYS=400 SLM_SERVER_DAYS=397 SLM_RENEW_DAYS=30
 SLM_GENERATED_FILES=(
     /etc/slm-copilot/engine.env /etc/slm-copilot/nginx.conf /etc/slm-copilot/secret.conf
     /etc/slm-copilot/protected.conf /etc/slm-copilot/proxy.conf /etc/slm-copilot/headers.conf
-    /etc/slm-copilot/auth.js /var/lib/slm-copilot/api_key /var/lib/slm-copilot/api_keys
+    /etc/slm-copilot/auth.js /etc/slm-copilot/models.js /var/lib/slm-copilot/api_key /var/lib/slm-copilot/api_keys
     /var/lib/slm-copilot/tls/ca.crt /var/lib/slm-copilot/tls/ca.key
     /var/lib/slm-copilot/tls/server.crt /var/lib/slm-copilot/tls/server.key
     /var/lib/slm-copilot/tls/active.crt /var/lib/slm-copilot/tls/active.key
@@ -190,7 +191,7 @@ service_configure() {
     render_engine "$stage" "$ctx"
     chmod 0600 "$stage/secret.conf"
     local f
-    for f in "${SLM_NGINX_FILES[@]}" auth.js engine.env; do chmod 0644 "$stage/$f"; done
+    for f in "${SLM_NGINX_FILES[@]}" "${SLM_NJS_FILES[@]}" engine.env; do chmod 0644 "$stage/$f"; done
     if ! commit_config "$stage"; then
         report_failure
         return 1
@@ -587,7 +588,8 @@ render_nginx() {
         for f in "${@:2}"; do
             envsubst "$vars" < "$0/$f" > "$1/$f"
         done' "$SLM_TEMPLATES" "$dest" "${SLM_NGINX_FILES[@]}"
-    cp "${SLM_TEMPLATES}/auth.js" "$dest/auth.js"
+    local js
+    for js in "${SLM_NJS_FILES[@]}"; do cp "${SLM_TEMPLATES}/$js" "$dest/$js"; done
     # shellcheck disable=SC2016  # $slm_api_key is an nginx variable
     {
         printf 'set $slm_api_key "%s";\n' "$(cat "$SLM_API_KEY_FILE")"
