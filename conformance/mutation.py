@@ -9,9 +9,11 @@ with -x (the negative controls left out: they break stacks on purpose). A mutant
 check fail is killed; one that passes every check survives. Equivalent mutants change nothing a
 client or the host can observe; the header says why, and they must survive (a check that kills one
 is flaky or judges an implementation detail). Host-side mutants (file modes, what the engine
-listens on) cannot show on the local target: with --vm the image is booted once, each is applied to
-the appliance script installed in it, the context hook re-run (as a context update would), and the
-host checks run against it as a deployed appliance; then the original is put back.
+listens on, the lifecycle: bootstrap, first boot, renewal, log rotation, key rotation) cannot show on
+the local target: with --vm the image is booted once, each is applied to the appliance installed in
+it, the context hook re-run (as a context update would), and the host checks run against it as a
+deployed appliance (a lifecycle mutant: the destructive checks it names, the VM being a throwaway);
+then the original is put back.
 
 The report (reports/mutants.{json,md}) says for each: killed / survived / equivalent, the check
 that killed it, the time. The release profile fails on any survivor, any killed equivalent, and
@@ -45,6 +47,8 @@ class Mutant:
     breaks: str  # the property it breaks, or why it is equivalent
     equivalent: bool = False
     host_side: bool = False  # invisible on the local target; the vm target's host checks judge it
+    checks: str = ""  # host-side: the destructive checks (pytest -k) that judge it, on the throwaway VM
+    installed: str = ""  # where `service install` put the file in the image, if configure does not read it
 
 
 MUTANTS = [
@@ -112,6 +116,31 @@ MUTANTS = [
            'chmod 0644 "$stage/secret.conf"', "nginx's copy of the key is readable by every user", host_side=True),
     Mutant("engine_on_every_address", "service.d/appliance.sh", '"--host 127.0.0.1 --port', '"--host 0.0.0.0 --port',
            "the engine (no TLS, its own key) is reachable from the network", host_side=True),
+    # What only the lifecycle shows: judged by the destructive checks, each on the booted image.
+    Mutant("dead_engine_only_warned", "service.d/appliance.sh", "    if ! wait_engine; then",
+           '    wait_engine || msg warning "The engine does not answer yet"\n    if false; then',
+           "bootstrap reports success, READY and a 'ready to serve' banner while the engine cannot start",
+           host_side=True, checks="bootstrap_fails_when_the_engine_cannot_start"),
+    Mutant("site_linked_after_its_test", "service.d/appliance.sh",
+           '    [ -n "$SLM_ROOT" ] || ln -sfn "${SLM_CONF_DIR}/nginx.conf" "$SLM_NGINX_SITE"\n'
+           '    if [ -z "$SLM_ROOT" ] && ! nginx -t -q 2>&1; then',
+           '    if [ -z "$SLM_ROOT" ] && ! nginx -t -q 2>&1; then',
+           "a first boot tests nginx without the site: a configuration nginx rejects is linked, then fails",
+           host_side=True, checks="first_configure_refuses_a_site_nginx_rejects"),
+    Mutant("renewed_certificate_not_reloaded", "service.d/appliance.sh",
+           'valid until $(cert_end -in "${SLM_TLS_DIR}/active.crt")"\n'
+           '        [ -n "$SLM_ROOT" ] || systemctl reload nginx\n',
+           'valid until $(cert_end -in "${SLM_TLS_DIR}/active.crt")"\n',
+           "the renewed certificate is written but nginx serves the old one to its end",
+           host_side=True, checks="expiring_certificate_renewed_and_served"),
+    Mutant("rotated_log_not_reopened", "templates/logrotate.conf",
+           "systemctl kill --kill-whom=main --signal=USR1 nginx.service", "true",
+           "after a rotation nginx writes on into the rotated file: the new access.log stays empty",
+           host_side=True, checks="logs_rotate_and_nginx_writes_the_new_file",
+           installed="/etc/logrotate.d/slm-copilot"),
+    Mutant("keys_applied_by_restart", "service.d/appliance.sh", "systemctl reload-or-restart nginx",
+           "systemctl restart nginx", "a key rotation restarts nginx: every stream in flight is cut",
+           host_side=True, checks="key_rotation_keeps_other_keys_and_streams"),
     # Equivalent: nothing a client or the host can observe changes.
     Mutant("header_value_quoted", "templates/headers.conf",
            'add_header X-Content-Type-Options nosniff always;\n',
@@ -179,7 +208,8 @@ INSTALLED = "/etc/one-appliance"  # where packer/provision.sh installs appliance
 
 def run_host_mutants(mutants: list[Mutant]) -> list[dict]:
     """Each host-side mutant on one booted image: mutate the installed appliance, re-run the context
-    hook, run the host checks as against a deployed appliance, restore."""
+    hook, run the host checks as against a deployed appliance (or, for a lifecycle mutant, its
+    destructive checks on this throwaway VM), restore."""
     from vm_fixtures import Guest, LibvirtPlatform
     from vm_fixtures.__main__ import url_target_env
 
@@ -190,7 +220,7 @@ def run_host_mutants(mutants: list[Mutant]) -> list[dict]:
     platform.reap()
     with platform.booted(REPO / Settings().image, "qemu64") as vm, tempfile.TemporaryDirectory() as tmp:
         for mutant in mutants:
-            started, path = time.monotonic(), f"{INSTALLED}/{mutant.file}"
+            started, path = time.monotonic(), mutant.installed or f"{INSTALLED}/{mutant.file}"
             original = vm.read_file(path)
             if original.count(mutant.find) != 1:
                 raise ValueError(f"mutant {mutant.name}: not once in the image's {path}")
@@ -199,8 +229,12 @@ def run_host_mutants(mutants: list[Mutant]) -> list[dict]:
                 Guest.reconfigure(vm, vm.context, expect_ready=False)  # in place, as one-context on an update
                 reports = Path(tmp) / mutant.name
                 env = {**os.environ, **url_target_env(vm), "SLM_CONFORMANCE_REPORTS_DIR": str(reports)}
+                select = ["-m", "not destructive"]
+                if mutant.checks:
+                    env.update(SLM_CONFORMANCE_DESTRUCTIVE="1", SLM_CONFORMANCE_DISPOSABLE="1")
+                    select = ["-m", "destructive", "-k", mutant.checks]
                 run = subprocess.run([sys.executable, "-m", "pytest", "conformance/test_appliance_host.py", "--target",
-                                      "url", "-x", "-q", "-m", "not destructive", "-p", "no:cacheprovider"],
+                                      "url", "-x", "-q", *select, "-p", "no:cacheprovider"],
                                      cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
                 killer = first_failure(reports / "results-url.json")
             finally:

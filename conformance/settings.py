@@ -30,6 +30,9 @@ class Settings:
     ssh: str = ""  # url target, optional: user@host[:port] (root, or sudo without password) for host checks
     ssh_key: str = ""  # url target: identity file for ssh (default: ssh's own keys and agent)
     destructive: bool = False  # url target: allow checks that kill, reboot or reconfigure (needs ssh)
+    # url target with destructive: the appliance is a throwaway VM (the mutation harness boots one),
+    # so checks may also leave it changed (a renewed certificate, rotated logs, a first boot redone)
+    disposable: bool = False
     reports_dir: str = "reports"
 
     @classmethod

@@ -254,6 +254,7 @@ class UrlTarget(Target):
             s = self.settings
             self.guest = Guest.from_ssh(s.ssh, s.ssh_key, https_url=s.url, http_url=s.http_url,
                                         engine_url=s.engine_url, ca_file=s.ca_file)
+            self.guest.disposable = s.disposable
         return self
 
     def host(self):

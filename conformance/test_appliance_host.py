@@ -257,6 +257,38 @@ def test_logs_rotate_and_nginx_writes_the_new_file(guest, record):
 
 @pytest.mark.destructive
 @pytest.mark.budget(900)
+def test_first_configure_refuses_a_site_nginx_rejects(guest, record):
+    """On a first boot (no configuration yet, no site linked) configure tests the site it is about to
+    link: a rendered configuration nginx rejects fails the stage by name and is not left linked for
+    nginx's next start. A line nginx does not know, added to a template, stands for any defect only
+    nginx can see (a key or certificate it refuses, a directive of another nginx version)."""
+    if not guest.disposable:
+        not_applicable("it redoes a first boot by removing the appliance's configuration: disposable hosts only")
+    conf, site, template = LAYOUT.conf_dir, LAYOUT.nginx_site, "/etc/one-appliance/templates/headers.conf"
+    log = "/var/log/one-appliance/configure.log"
+    logged = int(guest.execute(f"stat -c %s {log}").stdout)
+    guest.execute(f"cp -a {template} /root/headers.conf.good && echo 'slm_not_a_directive on;' >> {template} && "
+                  f"mv {conf} /root/slm-copilot.good && rm -f {site}")
+    try:
+        guest.recontextualize(guest.context, expect_ready=False)
+        status = guest.read_file("/etc/one-appliance/status").strip()
+        said = guest.execute(f"tail -c +{logged + 1} {log}").stdout
+        linked = guest.execute(f"test -e {site}", check=False).returncode == 0
+        nginx_test = guest.execute("nginx -t", check=False)
+    finally:
+        guest.execute(f"cp -a /root/headers.conf.good {template} && rm -rf {conf} && "
+                      f"mv /root/slm-copilot.good {conf} && ln -sfn {conf}/nginx.conf {site}")
+        guest.recontextualize(guest.context)
+    assert status == "configure_failure", f"the first configure ended {status!r} with a site nginx rejects"
+    assert "nginx rejected the rendered configuration" in said, f"configure did not say why: {said[-600:]}"
+    assert not linked, f"the rejected site is left linked at {site}"
+    assert nginx_test.returncode == 0, f"nginx -t fails after the refusal: {nginx_test.stderr[-300:]}"
+    checks.auth(Endpoint.of_guest(guest))  # and the appliance serves again once the cause is gone
+    record({"status": status, "site_linked": linked})
+
+
+@pytest.mark.destructive
+@pytest.mark.budget(900)
 def test_bootstrap_fails_when_the_engine_cannot_start(guest, record):
     """An engine that cannot start fails bootstrap: exit status, status file, report and login banner
     say so (no READY). A bootstrap after the cause is gone serves again."""
