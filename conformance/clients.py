@@ -44,6 +44,9 @@ class Client:
     prompt_tokens: int  # its first turn's prompt, measured: what the time box is judged by
     invocation: Callable[[Endpoint, str, Path, Path], Invocation]  # (endpoint, key, bin dir, home)
     auth_error: str  # what it prints when the key is refused
+    # What it prints, exiting non-zero, when the model's answer reached the client's own length
+    # limit: the tiny model sometimes runs on, and that is an answer through the appliance.
+    answer_cut: str = ""
 
 
 def codex(ep: Endpoint, key: str, bin_dir: Path, home: Path) -> Invocation:
@@ -64,6 +67,9 @@ def claude_code(ep: Endpoint, key: str, bin_dir: Path, home: Path) -> Invocation
     return Invocation([str(bin_dir / "claude"), "-p", "--bare", "--tools", "Read,Edit", "--", TASK],
                       {"ANTHROPIC_BASE_URL": ep.base_url, "ANTHROPIC_AUTH_TOKEN": key,
                        "ANTHROPIC_MODEL": served_model(ep), "NODE_EXTRA_CA_CERTS": ca(ep),
+                       # it asks for answers of 32,000 tokens: a model that runs on fills the context,
+                       # and every later turn is refused as too long (seen once in 276 s)
+                       "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "1024",
                        # a refused key is final: no minutes of retries in the negative control
                        "CLAUDE_CODE_MAX_RETRIES": "0" if key != ep.api_key else "3"},
                       {})
@@ -116,7 +122,8 @@ def llm_cli(ep: Endpoint, key: str, bin_dir: Path, home: Path) -> Invocation:
 
 CLIENTS = {c.name: c for c in (
     Client("codex", "@openai/codex@0.169.0", "codex_exec/", 6500, codex, "401 Unauthorized"),
-    Client("claude-code", "@anthropic-ai/claude-code@2.1.330", "claude-cli/", 5000, claude_code, "401"),
+    Client("claude-code", "@anthropic-ai/claude-code@2.1.330", "claude-cli/", 5000, claude_code, "401",
+           answer_cut="response exceeded the 1024 output token maximum"),
     # aider exits 0 even when the key is refused: its output and the access log tell.
     Client("aider", "aider-chat==0.86.2", "OpenAI/Python", 700, aider, "AuthenticationError"),
     # Its requests say "ls/JS 5.23.2" (the OpenAI JS SDK's agent, as this release sends it).
