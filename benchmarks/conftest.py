@@ -1,4 +1,5 @@
-"""`nox -s benchmark -- [--bench-target local|vm|url] [--save-baseline] [--rounds N] [--compare OLD NEW]`
+"""`nox -s benchmark -- [--bench-target local|vm|url] [--save-baseline] [--rounds N] [--compare OLD NEW]
+[--workload sessions [--sessions-shape ci|full]]`
 
 Results accumulate in one dict over the session; at the end: machine context and host key, a line in
 the history file, JSON + Markdown + plots in reports/benchmark/. The regression gate compares with
@@ -36,15 +37,24 @@ def pytest_addoption(parser):
     group.addoption("--compare", nargs=2, metavar=("OLD", "NEW"), default=None,
                     help="only compare two builds side by side: staged artifacts folders, `.` or git refs "
                          "(local target), images (vm target)")
+    group.addoption("--workload", default="throughput", choices=("throughput", "sessions"),
+                    help="throughput: short chats, the regression gate (default); sessions: agentic coding "
+                         "sessions replayed by several developers at once (benchmarks/sessions.py)")
+    group.addoption("--sessions-shape", default="ci", choices=("ci", "full"),
+                    help="session size: ci (a 1,500-token system prompt) or full (10,000 tokens, 8 turns)")
     group.addoption("--history", default=None,
                     help="the JSON-lines history file (default: SLM_BENCHMARK_HISTORY or "
                          "~/.local/state/slm-copilot/benchmark-history.jsonl)")
 
 
 def pytest_collection_modifyitems(config, items):
-    """--compare asks one question: only test_compare runs; without it, test_compare is left out."""
-    wanted = config.getoption("--compare") is not None
-    keep = [i for i in items if (i.name == "test_compare") == wanted]
+    """--compare asks one question: only test_compare runs; without it, test_compare is left out.
+    --workload sessions runs the session replay (test_sessions.py) and nothing else."""
+    if config.getoption("--compare") is not None:
+        keep = [i for i in items if i.name == "test_compare"]
+    else:
+        sessions = config.getoption("--workload") == "sessions"
+        keep = [i for i in items if i.name != "test_compare" and (i.path.name == "test_sessions.py") == sessions]
     if len(keep) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep

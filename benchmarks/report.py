@@ -47,10 +47,49 @@ def write(results: dict, gate_rows: list[dict], out: Path, itl_samples: list[flo
         fig.savefig(out / "cpu_models.png", dpi=100)
         plots.append("cpu_models.png")
         plt.close(fig)
+    if results.get("sessions") and sessions_plot(results["sessions"], out / "sessions_ttft.png"):
+        plots.append("sessions_ttft.png")
     entries = history.read(past)
     if entries and history.plot(entries, out / "history.png"):
         plots.append("history.png")
     (out / "benchmark.md").write_text(markdown(results, gate_rows, plots) + "\n".join(history.markdown(entries, past)))
+
+
+def sessions_plot(runs: dict, path: Path) -> bool:
+    """Time to first token per turn, one line per developer, one panel per developer count: the
+    cold first turn against the warm ones is what a user of the appliance feels."""
+    counts = sorted(runs, key=int)
+    fig, axes = plt.subplots(1, len(counts), figsize=(4 * len(counts), 3.5), sharey=True, squeeze=False)
+    for ax, count in zip(axes[0], counts, strict=True):
+        turns = runs[count]["turns"]
+        for dev in sorted({t["developer"] for t in turns}):
+            mine = [t for t in turns if t["developer"] == dev]
+            ax.plot([t["turn"] + 1 for t in mine], [t["ttft_s"] for t in mine], "o-", label=f"developer {dev + 1}")
+        ax.set(xlabel="turn", title=f"{count} developer(s)")
+        ax.set_yscale("log")
+    axes[0][0].set_ylabel("time to first token (s)")
+    axes[0][-1].legend(fontsize="small")
+    fig.suptitle("Agentic sessions: TTFT per turn (turn 1 cold, later turns warm)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def sessions_table(runs: dict) -> list[str]:
+    lines = ["## Agentic sessions", "", "Figures named as the field names them (TTFT, ITL, TPOT, E2EL). A warm "
+             "turn's excess is the prompt tokens it computed over those it added (1.0 is ideal; the gate allows "
+             "1.05). A cold turn is a session's first: its system prompt may be cached by another session, as "
+             "in a team.", "",
+             "| developers | engine slots | turns | TTFT cold p50 s | TTFT warm p50 s | TTFT warm p99 s | ITL p50 s | "
+             "E2EL p50 s | "
+             "cache hit ratio | worst warm excess | output tok/s | wall s |", "|---" * 12 + "|"]
+    for count, r in sorted(runs.items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {count} | {r.get('slots') or '?'} | {len(r['turns'])} | {_fmt(r['cold_ttft_s'].get('p50'))} | "
+                     f"{_fmt(r['warm_ttft_s'].get('p50'))} | {_fmt(r['warm_ttft_s'].get('p99'))} | "
+                     f"{_fmt(r['itl_s'].get('p50'))} | {_fmt(r['e2el_s'].get('p50'))} | {_fmt(r['cache_hit_ratio'])} | "
+                     f"{_fmt(r['worst_warm_excess'])} | {_fmt(r['output_tps'])} | {_fmt(r['wall_s'])} |")
+    return lines + [""]
 
 
 def _fmt(v) -> str:
@@ -103,6 +142,8 @@ def markdown(results: dict, gate_rows: list[dict], plots: list[str]) -> str:
             lines.append(f"| {name} | {v['variant']} | {_fmt(v['engine_decode_tps'])} | "
                          f"{_fmt(v['engine_prompt_tps'])} |")
         lines.append("")
+    if results.get("sessions"):
+        lines += sessions_table(results["sessions"])
     for comparison in (results.get("compare") or {}).values():
         lines.append(comparison["markdown"])
     if gate_rows:

@@ -116,6 +116,9 @@ MUTANTS = [
            'chmod 0644 "$stage/secret.conf"', "nginx's copy of the key is readable by every user", host_side=True),
     Mutant("engine_on_every_address", "service.d/appliance.sh", '"--host 127.0.0.1 --port', '"--host 0.0.0.0 --port',
            "the engine (no TLS, its own key) is reachable from the network", host_side=True),
+    Mutant("prompt_cache_left_to_the_engine", "service.d/appliance.sh", "--cache-ram ${cache_mb} ", "",
+           "the engine keeps idle sessions in up to 8 GiB of RAM whatever the VM has: a busy team runs it out "
+           "of memory", host_side=True),
     # What only the lifecycle shows: judged by the destructive checks, each on the booted image.
     Mutant("dead_engine_only_warned", "service.d/appliance.sh", "    if ! wait_engine; then",
            '    wait_engine || msg warning "The engine does not answer yet"\n    if false; then',

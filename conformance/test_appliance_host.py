@@ -142,6 +142,27 @@ def test_nginx_sandbox_exposure(host_view, record):
     record({"nginx_exposure": score})
 
 
+def test_engine_memory_plan_fits_the_vm(host_view, record):
+    """Weights, KV cache, the prompt cache the engine was told (its own default, 8 GiB, when it was
+    told none) and the reserves fit the guest's RAM as its kernel reports it. The behaviour under
+    load (the prompt cache filled, resident memory against the budget) is the local memory check's:
+    filling a budget at TCG prompt speed takes an hour."""
+    args = host_view.check_output("tr '\\0' ' ' < /proc/$(pidof llama-server)/cmdline").split()
+    value = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
+    facts = dict(line.split("=", 1) for line in host_view.file(f"{LAYOUT.conf_dir}/engine.env").content_string
+                 .splitlines() if line.startswith("SLM_") and "=" in line)
+    mem_mib = int(host_view.check_output("awk '/^MemTotal:/ {print $2}' /proc/meminfo")) / 1024
+    model_mib = int(host_view.check_output(f"stat -L -c %s {LAYOUT.model}")) / 2**20
+    figures = {"mem_mib": round(mem_mib), "model_mib": round(model_mib),
+               "kv_mib": round(int(value["--ctx-size"]) * int(facts["SLM_KV_BYTES_PER_TOKEN"]) / 2**20),
+               "prompt_cache_mib": int(value.get("--cache-ram", 8192)), "reserves_mib": 512 + 256}
+    record(figures)
+    cache = figures["prompt_cache_mib"]
+    assert cache >= 0, f"the engine's prompt cache is unlimited (--cache-ram {cache})"
+    planned = model_mib + figures["kv_mib"] + cache + figures["reserves_mib"]
+    assert planned <= mem_mib, f"the engine was planned {planned:.0f} MiB of a {mem_mib:.0f} MiB VM: {figures}"
+
+
 def test_logs_unreadable_by_other_users(host_view):
     """Logs name clients, paths and timings: no other user may read them (root and adm only)."""
     log_dir = host_view.file(LAYOUT.log_dir)

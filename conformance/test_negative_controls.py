@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from . import agent_apis, checks
+from . import agent_apis, checks, memory
 from .endpoint import Endpoint
 from .stack import LocalStack
 from .support import REPO
@@ -56,6 +56,8 @@ IDE, EVIL = "https://ide.example.com", "https://evil.example.net"
 NAMED_KEYS = {"ONEAPP_SLM_API_KEYS": "alice,bob:sk-bob-conformance-0123"}
 # The address limit far above the per-key one: only the key's limit can answer 429.
 KEY_LIMITED = {**NAMED_KEYS, "ONEAPP_SLM_RATE_LIMIT": "200", "ONEAPP_SLM_KEY_RATE_LIMIT": "2"}
+# A small VM as configure sees it (the memory check fills the budget, so it must be small).
+SMALL_VM = {"SLM_MEMTOTAL_MB": "1000"}
 
 DEFECTS = {
     # llama-server sends X-Accel-Buffering: no, which alone keeps nginx streaming: ignore it too.
@@ -75,6 +77,9 @@ DEFECTS = {
     "certificate_not_from_appliance_ca": Defect(agent_apis.openai_sdk, context={"foreign_cert": "yes"}),
     # The history does not fit: the engine must refuse (400), and the check must notice.
     "context_too_small": Defect(checks.coherence, context={"ONEAPP_SLM_CONTEXT_SIZE": "512"}),
+    # The engine's own prompt-cache limit (8 GiB) on a VM that has 1000 MiB.
+    "prompt_cache_unbounded": Defect(memory.prompt_cache_bounded, "engine.env", r"--cache-ram \d+", "--cache-ram 8192",
+                                     regex=True, context=SMALL_VM, with_target=True),
     "truncated_key_accepted": Defect(checks.auth_properties, "auth.js", "entry.slice(colon + 1) === d",
                                      "(entry.slice(colon + 1) === d || (r.variables.slm_api_key.startsWith(given[g])"
                                      " && given[g].length >= 8))"),
@@ -220,9 +225,10 @@ def test_equivalence_check_catches_a_perturbed_model(settings, native_references
 
 @pytest.mark.parametrize("context,check", [({"ONEAPP_SLM_LOG_LEVEL": "debug"}, checks.key_absent_from_logs),
                                            (NAMED_KEYS, checks.named_keys_served),
-                                           (KEY_LIMITED, checks.per_key_limit)],
+                                           (KEY_LIMITED, checks.per_key_limit),
+                                           (SMALL_VM, memory.prompt_cache_bounded)],
                          ids=["debug_log_level_keeps_the_key_out_of_logs", "named_keys_served_and_logged_by_id",
-                              "per_key_limit_spares_other_keys"])
+                              "per_key_limit_spares_other_keys", "prompt_cache_inside_a_small_vms_budget"])
 def test_configured_stack_passes(settings, endpoint, record, context, check):
     """Checks that need the appliance configured otherwise than the suite's own stack, run on one
     that is: the twins of key_logged_at_nginx_debug_level (debug, every request kind sent, no log

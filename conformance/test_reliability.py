@@ -15,16 +15,7 @@ from hypothesis import strategies as st
 
 from . import checks
 from .endpoint import Endpoint, stream_chat
-from .targets import Unsupported
-
-
-def engine_rss_kib(target) -> int | None:
-    """The engine's resident memory, where the target can see the engine's process."""
-    try:
-        status = target.engine_proc("status")
-    except Unsupported:
-        return None
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+from .memory import engine_rss_kib
 
 
 def test_prompt_longer_than_context_gets_400(endpoint, record):

@@ -106,8 +106,25 @@ def test_context_size_limits_name_the_numbers(stack):
     assert out.returncode != 0 and "1000 MiB RAM" in out.stdout and "at most" in out.stdout, out.stdout
     stack.context = {"SLM_MEMTOTAL_MB": "1000"}  # default: the largest that fits
     stack.configure()
-    # 1000 MiB - 93 (model) - 512 - 256 (reserves) = 139 MiB; 23 MiB per 1k tokens -> 6144 tokens
-    assert int(engine_args(stack)["--ctx-size"]) == 6144
+    # 1000 MiB - 93 (model) - 512 - 256 (reserves) = 139 MiB; 23 MiB per 1k tokens: 6144 tokens
+    # fit, three quarters of it 4096 (92 MiB), and the prompt cache has the other 47 MiB
+    assert int(engine_args(stack)["--ctx-size"]) == 4096
+    assert int(engine_args(stack)["--cache-ram"]) == 47
+
+
+def test_prompt_cache_is_inside_the_memory_budget(stack):
+    """The engine's host-memory prompt cache (8 GiB unless told) is sized from what the weights,
+    the KV cache and the reserves leave: a VM of any size never promises more than it has."""
+    for mem_mb, ctx in (("1536", ""), ("1536", "8192"), ("4096", ""), ("65536", ""), ("1000", "6144")):
+        stack.context = {"SLM_MEMTOTAL_MB": mem_mb, "ONEAPP_SLM_CONTEXT_SIZE": ctx}
+        stack.configure()
+        args = engine_args(stack)
+        kv_mb = int(args["--ctx-size"]) * 23040 / 2**20
+        cache_mb = int(args["--cache-ram"])
+        assert 0 <= cache_mb <= 8192
+        assert 93.8 + 512 + 256 + kv_mb + cache_mb <= int(mem_mb), (mem_mb, ctx, args)
+        assert f"SLM_PROMPT_CACHE_MB={cache_mb}\n" in stack.path("/etc/slm-copilot/engine.env").read_text()
+    assert cache_mb <= 1  # an operator's context that takes all the memory leaves (next to) none
 
 
 def test_api_key_kept_and_context_key_wins(stack):

@@ -12,7 +12,7 @@ ONE_SERVICE_RECONFIGURABLE=true
 ONE_SERVICE_PARAMS=(
     'ONEAPP_SLM_API_KEY'        'configure' 'API key clients send (empty: generated sk-... once, kept)' 'O|password'
     'ONEAPP_SLM_API_KEYS'       'configure' 'More keys, one per person or tool: id:key or id alone (generated, kept), comma-separated' 'O|password'
-    'ONEAPP_SLM_CONTEXT_SIZE'   'configure' 'Context size in tokens (empty: the largest that fits RAM and the model)' 'O|number'
+    'ONEAPP_SLM_CONTEXT_SIZE'   'configure' 'Context size in tokens (empty: the largest the model takes that fits 3/4 of the free RAM; the rest holds idle sessions)' 'O|number'
     'ONEAPP_SLM_THREADS'        'configure' 'Engine threads (0: physical cores)' 'O|number'
     'ONEAPP_SLM_PARALLEL'       'configure' 'Requests served at once (engine slots)' 'O|number'
     'ONEAPP_SLM_TEMPERATURE'    'configure' 'Default sampling temperature (0 to 2)' 'O|text'
@@ -81,6 +81,7 @@ SLM_USER=slm-copilot
 SLM_TEMPLATES="$(dirname "${BASH_SOURCE[0]}")/../templates"
 SLM_OS_RESERVE_MB=512      # kernel, nginx, sshd: kept free of the model and KV cache
 SLM_COMPUTE_RESERVE_MB=256 # engine compute buffers beside weights and KV cache
+SLM_PROMPT_CACHE_MAX_MB=8192 # the engine's own default: more holds sessions nobody comes back to
 # Certificate lifetimes (days). The server certificate stays within what browsers accept (398);
 # both are re-issued by configure and the daily renew run before they end.
 SLM_CA_DAYS=1825 SLM_CA_RENEW_DAYS=400 SLM_SERVER_DAYS=397 SLM_RENEW_DAYS=30
@@ -186,9 +187,9 @@ service_configure() {
     stage=$(mktemp -d "${SLM_CONF_DIR}.new.XXXXXX")
     chmod 0755 "$stage"
     render_nginx "$stage"
-    local ctx
-    read -r _ ctx _ < <(context_plan)
-    render_engine "$stage" "$ctx"
+    local ctx cache_mb
+    read -r _ ctx _ _ cache_mb < <(context_plan)
+    render_engine "$stage" "$ctx" "$cache_mb"
     chmod 0600 "$stage/secret.conf"
     local f
     for f in "${SLM_NGINX_FILES[@]}" "${SLM_NJS_FILES[@]}" engine.env; do chmod 0644 "$stage/$f"; done
@@ -196,7 +197,7 @@ service_configure() {
         report_failure
         return 1
     fi
-    msg info "Configured: context ${ctx} tokens, TLS ${ONEAPP_SLM_TLS_MODE}, model ${MODEL_ID}"
+    msg info "Configured: context ${ctx} tokens, prompt cache ${cache_mb} MiB, TLS ${ONEAPP_SLM_TLS_MODE}, model ${MODEL_ID}"
 }
 
 service_bootstrap() {
@@ -351,7 +352,7 @@ validate() {
     esac
 
     local fits ctx free_mb kv_mb_per_1k
-    read -r fits ctx free_mb kv_mb_per_1k < <(context_plan)
+    read -r fits ctx free_mb kv_mb_per_1k _ < <(context_plan)
     if [ -z "$ONEAPP_SLM_CONTEXT_SIZE" ]; then
         if [ "$ctx" -lt 1024 ]; then
             reject ONEAPP_SLM_CONTEXT_SIZE "''" "no context fits: ${mem_mb} MiB RAM minus model $((MODEL_BYTES / 1048576)) MiB and reserves leaves ${free_mb} MiB; give the VM more memory"
@@ -413,11 +414,15 @@ validate_named_keys() {
     done < <(named_key_entries)
 }
 
-# The context plan, computed once from the model's facts and RAM (validate judges it, configure
-# renders it): "FITS CHOSEN FREE_MB KV_MB_PER_1K". CHOSEN is the operator's size when given (a
-# valid number: validate checks that first), else the largest that fits and the model was trained for.
+# The memory plan, computed once from the model's facts and RAM (validate judges it, configure
+# renders it): "FITS CHOSEN FREE_MB KV_MB_PER_1K CACHE_MB". FREE_MB is RAM minus weights and reserves;
+# it holds the KV cache (CHOSEN tokens) and the engine's host-memory prompt cache (CACHE_MB, where
+# idle sessions wait for their next turn; the engine's own default of 8 GiB would be outside any
+# budget). CHOSEN is the operator's size when given (a valid number: validate checks that first),
+# else the largest the model was trained for that fits in three quarters of FREE_MB, so the prompt
+# cache keeps at least a quarter.
 context_plan() {
-    local kv_mb_per_1k free_mb fits ctx
+    local kv_mb_per_1k free_mb fits auto ctx cache_mb
     kv_mb_per_1k=$(((MODEL_KV_BYTES_PER_TOKEN * 1024 + 1048575) / 1048576))
     free_mb=$(($(mem_total_mb) - MODEL_BYTES / 1048576 - SLM_OS_RESERVE_MB - SLM_COMPUTE_RESERVE_MB))
     fits=$(( free_mb > 0 ? free_mb * 1024 / kv_mb_per_1k : 0 ))
@@ -425,9 +430,13 @@ context_plan() {
     if [[ "$ONEAPP_SLM_CONTEXT_SIZE" =~ ^[0-9]{1,9}$ ]]; then
         ctx=$((10#$ONEAPP_SLM_CONTEXT_SIZE))
     else
-        ctx=$(( fits < MODEL_CTX_TRAIN ? fits : MODEL_CTX_TRAIN ))
+        auto=$(( fits * 3 / 4 ))
+        auto=$(( auto - auto % 1024 ))
+        ctx=$(( auto < MODEL_CTX_TRAIN ? auto : MODEL_CTX_TRAIN ))
     fi
-    echo "$fits $ctx $free_mb $kv_mb_per_1k"
+    cache_mb=$(( free_mb - (ctx * kv_mb_per_1k + 1023) / 1024 ))
+    cache_mb=$(( cache_mb < 0 ? 0 : (cache_mb > SLM_PROMPT_CACHE_MAX_MB ? SLM_PROMPT_CACHE_MAX_MB : cache_mb) ))
+    echo "$fits $ctx $free_mb $kv_mb_per_1k $cache_mb"
 }
 
 # ONEAPP_SLM_API_KEYS, one entry per line, blanks around entries dropped.
@@ -597,8 +606,8 @@ render_nginx() {
     } > "$dest/secret.conf"
 }
 
-render_engine() { # DEST CONTEXT-SIZE
-    local dest=$1 ctx=$2 threads=$((10#$ONEAPP_SLM_THREADS)) verbosity
+render_engine() { # DEST CONTEXT-SIZE PROMPT-CACHE-MB
+    local dest=$1 ctx=$2 cache_mb=$3 threads=$((10#$ONEAPP_SLM_THREADS)) verbosity
     [ "$threads" -eq 0 ] && threads=$(physical_cores)
     case "$ONEAPP_SLM_LOG_LEVEL" in error) verbosity=1 ;; warn) verbosity=2 ;; info) verbosity=3 ;; *) verbosity=4 ;; esac
     # --kv-unified: one KV pool for all slots, so a request may use the whole context size (split
@@ -609,11 +618,15 @@ render_engine() { # DEST CONTEXT-SIZE
     printf 'SLM_ENGINE_ARGS="%s"\n' "--host 127.0.0.1 --port ${SLM_ENGINE_PORT} \
 --model ${SLM_APP_DIR}/models/model.gguf --alias ${MODEL_ID} --ctx-size ${ctx} \
 --threads ${threads} --parallel $((10#$ONEAPP_SLM_PARALLEL)) --temp ${ONEAPP_SLM_TEMPERATURE} \
---kv-unified --jinja${template} --metrics --no-slots --no-webui --log-verbosity ${verbosity}" > "$dest/engine.env"
+--kv-unified --cache-ram ${cache_mb} --jinja${template} --metrics --no-slots --no-webui --log-verbosity ${verbosity}" > "$dest/engine.env"
     # What configure decided, apart from how the engine is told: the report says it, and the
     # conformance suite compares what the engine serves with it.
-    printf 'SLM_CTX=%s\nSLM_MODEL_ID=%s\nSLM_TEMPERATURE=%s\nSLM_PARALLEL=%s\nSLM_TLS_MODE=%s\nSLM_DOMAIN=%s\n' \
-        "$ctx" "$MODEL_ID" "$ONEAPP_SLM_TEMPERATURE" "$((10#$ONEAPP_SLM_PARALLEL))" "$ONEAPP_SLM_TLS_MODE" \
+    # SLM_ENGINE_BUDGET_MB: what the engine may hold resident (RAM minus the OS reserve); the
+    # memory check fills the prompt cache and compares.
+    printf 'SLM_CTX=%s\nSLM_PROMPT_CACHE_MB=%s\nSLM_ENGINE_BUDGET_MB=%s\nSLM_KV_BYTES_PER_TOKEN=%s\n' \
+        "$ctx" "$cache_mb" "$(($(mem_total_mb) - SLM_OS_RESERVE_MB))" "$MODEL_KV_BYTES_PER_TOKEN" >> "$dest/engine.env"
+    printf 'SLM_MODEL_ID=%s\nSLM_TEMPERATURE=%s\nSLM_PARALLEL=%s\nSLM_TLS_MODE=%s\nSLM_DOMAIN=%s\n' \
+        "$MODEL_ID" "$ONEAPP_SLM_TEMPERATURE" "$((10#$ONEAPP_SLM_PARALLEL))" "$ONEAPP_SLM_TLS_MODE" \
         "$ONEAPP_SLM_DOMAIN" >> "$dest/engine.env"
 }
 
@@ -714,6 +727,7 @@ endpoint = ${url}
 api_key = ${key}
 model = ${MODEL_ID}
 context_size = ${SLM_CTX}
+prompt_cache_mib = ${SLM_PROMPT_CACHE_MB:-}
 tool_calls = ${SLM_TOOLS:-unknown}
 tls_mode = ${ONEAPP_SLM_TLS_MODE}
 tls_note = ${SLM_TLS_NOTE:-}
