@@ -58,13 +58,7 @@ def concurrent(ep: Endpoint, streams: int, max_tokens: int) -> dict:
         except Exception as err:  # noqa: BLE001 (reported, not swallowed)
             errors.append(repr(err))
 
-    threads = [threading.Thread(target=client) for _ in range(streams)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.monotonic() - t0
+    wall = run_at_once([client] * streams)
     if errors:
         raise RuntimeError(f"{len(errors)} of {streams} streams failed: {errors[:2]}")
     return {"streams": streams, "wall_s": wall,
@@ -101,3 +95,14 @@ def interleaved_ratio(a: Endpoint, b: Endpoint, rounds: int, max_tokens: int, me
     return {"metric": metric, "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
             "ratio_max": max(ratios), "a_median": statistics.median(a_vals), "b_median": statistics.median(b_vals),
             "rounds": rounds}
+
+
+def run_at_once(jobs: list) -> float:
+    """Each job in a thread of its own, all started together; seconds until the last is done."""
+    threads = [threading.Thread(target=job) for job in jobs]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - t0

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import random
 import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from conformance.endpoint import Endpoint, stream_chat
 
-from .measure import percentiles
+from .measure import percentiles, run_at_once
 
 CHARS_PER_TOKEN = 3.6  # SmolLM2's tokenizer on this English and Python mix (measured: prompt_tokens)
 TOOLS = ("read_file", "write_to_file", "replace_in_file", "search_files", "list_files", "list_code_definitions",
@@ -171,13 +171,8 @@ def replay(ep: Endpoint, developers: int, shape: Shape) -> dict:
     turns: list[Turn] = []
     errors: list[str] = []
     t0 = time.monotonic()
-    threads = [threading.Thread(target=run_session, args=(ep, d, 100 * developers + d, shape, t0, turns, errors))
-               for d in range(developers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.monotonic() - t0
+    wall = run_at_once([partial(run_session, ep, d, 100 * developers + d, shape, t0, turns, errors)
+                        for d in range(developers)])
     if errors:
         raise RuntimeError(f"{len(errors)} of {developers} sessions failed: {errors[:2]}")
     return {"developers": developers, "shape": asdict(shape), "wall_s": round(wall, 1),
