@@ -14,7 +14,7 @@ from __future__ import annotations
 from .endpoint import Endpoint, stream_chat
 from .targets import Unsupported
 
-# About 300 tokens of a session's own: its project first, so no two sessions share a prefix.
+# About 450 tokens of a session's own: its project first, so no two sessions share a prefix.
 SESSION = ("Project {n}. You are a coding assistant in the repository of project {n}. "
            + "".join(f"File src/part_{{n}}_{i}.py defines parse_{i}(text) and dump_{i}(tree). " for i in range(16))
            + "\nTask: fix the failing test of project {n}; the parser drops empty fields.")
