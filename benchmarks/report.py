@@ -82,8 +82,7 @@ def sessions_table(runs: dict) -> list[str]:
              "1.05). A cold turn is a session's first: its system prompt may be cached by another session, as "
              "in a team.", "",
              "| developers | engine slots | turns | TTFT cold p50 s | TTFT warm p50 s | TTFT warm p99 s | ITL p50 s | "
-             "E2EL p50 s | "
-             "cache hit ratio | worst warm excess | output tok/s | wall s |", "|---" * 12 + "|"]
+             "E2EL p50 s | cache hit ratio | worst warm excess | output tok/s | wall s |", "|---" * 12 + "|"]
     for count, r in sorted(runs.items(), key=lambda kv: int(kv[0])):
         lines.append(f"| {count} | {r.get('slots') or '?'} | {len(r['turns'])} | {_fmt(r['cold_ttft_s'].get('p50'))} | "
                      f"{_fmt(r['warm_ttft_s'].get('p50'))} | {_fmt(r['warm_ttft_s'].get('p99'))} | "

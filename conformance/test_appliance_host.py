@@ -21,7 +21,7 @@ from vm_fixtures.layout import layout
 from . import checks
 from .endpoint import Endpoint, stream_chat
 from .support import REPO, days_left, engine_variants, exposure_score, not_applicable, wait_until
-from .targets import parse_named_keys
+from .targets import parse_facts, parse_named_keys
 
 LAYOUT = layout()
 # What the guest's CPU offers of what the engine's variants are built for (the report's CPU matrix).
@@ -149,8 +149,7 @@ def test_engine_memory_plan_fits_the_vm(host_view, record):
     filling a budget at TCG prompt speed takes an hour."""
     args = host_view.check_output("tr '\\0' ' ' < /proc/$(pidof llama-server)/cmdline").split()
     value = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
-    facts = dict(line.split("=", 1) for line in host_view.file(f"{LAYOUT.conf_dir}/engine.env").content_string
-                 .splitlines() if line.startswith("SLM_") and "=" in line)
+    facts = parse_facts(host_view.file(f"{LAYOUT.conf_dir}/engine.env").content_string)
     mem_mib = int(host_view.check_output("awk '/^MemTotal:/ {print $2}' /proc/meminfo")) / 1024
     model_mib = int(host_view.check_output(f"stat -L -c %s {LAYOUT.model}")) / 2**20
     figures = {"mem_mib": round(mem_mib), "model_mib": round(model_mib),
