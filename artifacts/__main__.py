@@ -13,6 +13,7 @@ from pathlib import Path
 from . import cache, engine, model
 
 DEFAULT_STAGE = Path("build/artifacts")
+ARCHITECTURES = "architectures.txt"  # what the engine loads: the appliance checks a fetched model's
 
 
 def stage(dest: Path) -> dict:
@@ -34,8 +35,10 @@ def stage(dest: Path) -> dict:
         facts["MODEL_CHAT_TEMPLATE"] = model.CHAT_TEMPLATE_FILE
         extra[model.CHAT_TEMPLATE_FILE] = cache.sha256_file(dest / model.CHAT_TEMPLATE_FILE)
     (dest / "model.env").write_text("".join(f"{k}={v}\n" for k, v in facts.items()))
+    (dest / ARCHITECTURES).write_text("".join(f"{name}\n" for name in engine.architectures(pins)))
     sums = {**{f"engine/{k}": v for k, v in cache.tree_manifest(dest / "engine").items()}, **extra,
-            "model.gguf": pins["model"]["member_sha256"], "model.env": cache.sha256_file(dest / "model.env")}
+            "model.gguf": pins["model"]["member_sha256"], "model.env": cache.sha256_file(dest / "model.env"),
+            ARCHITECTURES: cache.sha256_file(dest / ARCHITECTURES)}
     (dest / "SHA256SUMS").write_text("".join(f"{v}  {k}\n" for k, v in sorted(sums.items())))
     version = subprocess.run([dest / "engine" / "llama-server", "--version"],
                              capture_output=True, text=True, timeout=60)

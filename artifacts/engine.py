@@ -117,3 +117,22 @@ def ensure(pins: dict) -> Path:
     pin = pins["engine_source"]
     source = cache.fetch_pypi_file("engine_source", pin)
     return cache.cached_build("engine", build_key(pin), lambda out: build(source, pin, out))
+
+
+ARCH_NAME = re.compile(r'\{\s*LLM_ARCH_\w+\s*,\s*"([a-z0-9_-]+)"\s*\}')
+NOT_SERVED = {"clip"}  # a placeholder the quantizer uses, never a model the server loads
+
+
+def architectures(pins: dict) -> list[str]:
+    """The model architectures the pinned engine loads, as its source names them (llama-arch.cpp):
+    the appliance refuses a downloaded model of any other before it replaces the one serving."""
+    source = cache.fetch_pypi_file("engine_source", pins["engine_source"])
+    with tarfile.open(source) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("llama.cpp/src/llama-arch.cpp"))
+        text = tar.extractfile(member).read().decode()
+    table = text[text.index("LLM_ARCH_NAMES"):]
+    table = table[:table.index("};")]
+    names = sorted(set(ARCH_NAME.findall(table)) - NOT_SERVED)
+    if "llama" not in names:
+        raise RuntimeError(f"no architecture table found in {member.name}")
+    return names

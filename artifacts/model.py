@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from . import cache
 PLACEHOLDER = "PLACEHOLDER"
 CHAT_TEMPLATE_FILE = "chat-template.jinja"  # beside model.gguf; the appliance serves it when model.env names it
 TEMPLATES = Path(__file__).parent / "chat_templates"
+GGUF_FACTS = Path(__file__).parent.parent / "appliance" / "lib" / "gguf_facts.py"
+FACTS = ("MODEL_ARCH", "MODEL_BYTES", "MODEL_CTX_TRAIN", "MODEL_KV_BYTES_PER_TOKEN")  # model.env's
 
 
 def ensure(pins: dict) -> Path:
@@ -53,29 +57,12 @@ def production_pin_ready(pins: dict) -> None:
 
 
 def facts(path: Path, model_id: str) -> dict[str, str | int]:
-    """What the appliance needs to size the context, read from the GGUF header."""
-    from gguf import GGUFReader
-
-    fields = GGUFReader(path).fields
-
-    def value(key: str):
-        field = fields[key]
-        part = field.parts[field.data[0]]
-        return bytes(part).decode() if field.types[0].name == "STRING" else int(part[0])
-
-    arch = value("general.architecture")
-    layers = value(f"{arch}.block_count")
-    heads = value(f"{arch}.attention.head_count")
-    kv_heads = value(f"{arch}.attention.head_count_kv") if f"{arch}.attention.head_count_kv" in fields else heads
-    head_dim = (value(f"{arch}.attention.key_length") if f"{arch}.attention.key_length" in fields
-                else value(f"{arch}.embedding_length") // heads)
-    if "tokenizer.chat_template" not in fields:
+    """What the appliance needs to size the context, read from the GGUF header by the appliance's
+    own reader (the one it runs on a model fetched by URL): one formula for both."""
+    run = subprocess.run([sys.executable, GGUF_FACTS, path], capture_output=True, text=True, timeout=120)
+    if run.returncode != 0:
+        raise RuntimeError(f"{path.name}: {run.stderr.strip()}")
+    found = dict(line.split("=", 1) for line in run.stdout.splitlines())
+    if found["MODEL_HAS_CHAT_TEMPLATE"] != "1":
         raise RuntimeError(f"{path.name}: no chat template in the GGUF: not usable as a chat model")
-    return {
-        "MODEL_ID": model_id,
-        "MODEL_ARCH": arch,
-        "MODEL_BYTES": path.stat().st_size,
-        "MODEL_CTX_TRAIN": value(f"{arch}.context_length"),
-        # f16 K and V for every layer and KV head: what one token of context costs.
-        "MODEL_KV_BYTES_PER_TOKEN": 2 * 2 * layers * kv_heads * head_dim,
-    }
+    return {"MODEL_ID": model_id, **{k: (int(found[k]) if found[k].isdigit() else found[k]) for k in FACTS}}

@@ -141,8 +141,8 @@ MUTANTS = [
            "after a rotation nginx writes on into the rotated file: the new access.log stays empty",
            host_side=True, checks="logs_rotate_and_nginx_writes_the_new_file",
            installed="/etc/logrotate.d/slm-copilot"),
-    Mutant("keys_applied_by_restart", "service.d/appliance.sh", "systemctl reload-or-restart nginx",
-           "systemctl restart nginx", "a key rotation restarts nginx: every stream in flight is cut",
+    Mutant("keys_applied_by_restart", "service.d/appliance.sh", "    systemctl reload-or-restart nginx\n    sleep 1",
+           "    systemctl restart nginx\n    sleep 1", "a key rotation restarts nginx: every stream in flight is cut",
            host_side=True, checks="key_rotation_keeps_other_keys_and_streams"),
     # Equivalent: nothing a client or the host can observe changes.
     Mutant("header_value_quoted", "templates/headers.conf",
@@ -153,22 +153,38 @@ MUTANTS = [
            "ssl_protocols TLSv1.1 TLSv1.2 TLSv1.3;",
            "OpenSSL 3 (bookworm) serves TLS 1.1 only at security level 0: listed alone it is still refused "
            "(the check offers it at level 0 and gets no handshake)", equivalent=True),
+    Mutant("model_hash_not_verified", "service.d/appliance.sh", '    if [ "$actual" != "$sum" ]; then',
+           "    if false; then", "a downloaded model is served whatever its sha256: nothing verifies it"),
+    Mutant("download_restarted_not_resumed", "service.d/appliance.sh", "--continue-at - ", "",
+           "a download cut by a reboot starts over from the first byte"),
+    Mutant("model_without_template_accepted", "service.d/appliance.sh",
+           '    if [ "$MODEL_HAS_CHAT_TEMPLATE" != 1 ] && [ -z "$ONEAPP_SLM_MODEL_CHAT_TEMPLATE" ]; then',
+           "    if false; then", "a model with no chat template and no override replaces the one serving"),
+    Mutant("fetched_model_not_served", "service.d/appliance.sh", "--model ${SLM_MODEL_FILE} ",
+           "--model ${SLM_APP_DIR}/models/model.gguf ", "the built-in model serves under the fetched model's id"),
     Mutant("upstream_host_header_dropped", "templates/proxy.conf", "proxy_set_header Host $host;\n", "",
            "llama-server ignores the Host header: every answer is byte-identical", equivalent=True),
 ]
 
 
-def appliance_copy(mutant: Mutant, into: Path) -> Path:
-    """A copy of the suite and the appliance with the mutant applied (the original is never touched)."""
-    for package in ("appliance", "conformance", "vm_fixtures"):
-        shutil.copytree(REPO / package, into / package, ignore=shutil.ignore_patterns("__pycache__"))
-    for shared in ("build", "packer", "artifacts", "pyproject.toml"):
-        (into / shared).symlink_to(REPO / shared)
+def mutated_appliance(mutant: Mutant, into: Path) -> Path:
+    """appliance/ copied into `into` with the mutant applied (the original is never touched)."""
+    shutil.copytree(REPO / "appliance", into / "appliance", ignore=shutil.ignore_patterns("__pycache__"))
     target = into / "appliance" / mutant.file
     text = target.read_text()
     if text.count(mutant.find) != 1:
         raise ValueError(f"mutant {mutant.name}: {mutant.find!r} is not once in appliance/{mutant.file}: update it")
     target.write_text(text.replace(mutant.find, mutant.replace))
+    return into / "appliance"
+
+
+def appliance_copy(mutant: Mutant, into: Path) -> Path:
+    """A copy of the suite and the appliance with the mutant applied."""
+    for package in ("conformance", "vm_fixtures"):
+        shutil.copytree(REPO / package, into / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for shared in ("build", "packer", "artifacts", "pyproject.toml"):
+        (into / shared).symlink_to(REPO / shared)
+    mutated_appliance(mutant, into)
     return into
 
 

@@ -48,7 +48,8 @@ class LocalStack:
         (app / "models").mkdir(parents=True, exist_ok=True)
         for name, target in (("engine", self.artifacts / "engine"), ("model.env", self.artifacts / "model.env"),
                              ("models/model.gguf", self.artifacts / "model.gguf"),
-                             ("models/chat-template.jinja", self.artifacts / "chat-template.jinja")):
+                             ("models/chat-template.jinja", self.artifacts / "chat-template.jinja"),
+                             ("architectures.txt", self.artifacts / "architectures.txt")):
             link = app / name
             if target.exists() and not link.exists():
                 link.symlink_to(target.resolve())
@@ -62,10 +63,10 @@ class LocalStack:
         env.update(self.context)
         return env
 
-    def configure(self, check: bool = True) -> subprocess.CompletedProcess:
+    def configure(self, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         # The stage's log (stdout and stderr, as tee'd to configure.log) comes back as stdout.
         result = subprocess.run([self.service, "configure"], env=self.env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, timeout=120)
+                                stderr=subprocess.STDOUT, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise StackError(f"configure failed ({result.returncode}):\n{result.stdout}")
         return result

@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -24,7 +26,7 @@ from vm_fixtures.layout import layout
 
 from .endpoint import Endpoint
 from .settings import Settings
-from .support import REPO, not_applicable
+from .support import REPO, not_applicable, wait_until
 
 
 class Unsupported(Exception):
@@ -115,6 +117,38 @@ class Target:
                            stdin=f"Authorization: Bearer {host.api_key()}\n").stdout
         return json.loads(out)
 
+    def apply_context(self, changes: dict[str, str | None], expect_ready: bool = True) -> dict:
+        """The appliance's context with `changes` (None removes a variable), applied in place as
+        one-context applies a context update: configure, then bootstrap when configure accepts it."""
+        host = self.host()
+        context = {k: v for k, v in {**host.context, **changes}.items() if v is not None}
+        exported = {**context, **{k: "" for k, v in changes.items() if v is None}}  # over one_env's values
+        timings = host.recontextualize(exported, expect_ready=expect_ready)
+        host.context = context
+        return timings
+
+    def appliance_file(self, path: str) -> str:
+        """A file of the appliance (its image path), as its host has it."""
+        return self.host().read_file(path)
+
+    def file_size(self, path: str) -> int:
+        """Bytes in a file of the appliance (0 when there is none)."""
+        return int(self.host().execute(f"stat -c %s {path} 2>/dev/null || echo 0", check=False).stdout.split()[-1])
+
+    def apply_context_interrupted(self, changes: dict[str, str | None], interrupt_when) -> dict:
+        """The context applied at a boot, the appliance rebooted while configure runs (once
+        `interrupt_when()` is true), then left to finish at the next boot."""
+        raise Unsupported("rebooting into a changed context needs the VM's context CD-ROM (vm target)")
+
+    def report(self) -> str | None:
+        """The report bootstrap writes (/etc/one-appliance/config), or None where nothing bootstraps."""
+        return self.appliance_file(layout().report)
+
+    def model_host_address(self) -> str:
+        """Where the appliance reaches a server on this machine's loopback."""
+        raise Unsupported("the appliance must reach this machine to fetch a model from it: the local and vm "
+                          "targets can; a deployed appliance is checked with a URL of the operator's")
+
     def collect_logs(self, dest: Path) -> None:
         """Whatever tells a failure's story (console, journal, appliance and proxy logs) into `dest`."""
         with contextlib.suppress(Unsupported):
@@ -174,6 +208,47 @@ class LocalTarget(Target):
     def access_log(self) -> str:
         return self.stack.path(f"{layout().log_dir}/access.log").read_text()
 
+    def apply_context(self, changes: dict[str, str | None], expect_ready: bool = True) -> dict:
+        """configure with the changed context, then what bootstrap does when it accepts it: the engine
+        restarted on what configure wrote, nginx reloaded."""
+        stack = self.stack
+        stack.context = {k: v for k, v in {**stack.context, **changes}.items() if v is not None}
+        start = time.monotonic()
+        result = stack.configure(check=expect_ready)
+        if result.returncode == 0:
+            stack.stop_engine()
+            stack.start_engine()
+            stack.reload_nginx()
+        return {"reconfigure_s": round(time.monotonic() - start, 1)}
+
+    def appliance_file(self, path: str) -> str:
+        return self.stack.path(path).read_text()
+
+    def report(self) -> str | None:
+        return None  # the local stack is configured, never bootstrapped: engine.env holds what it decided
+
+    def model_host_address(self) -> str:
+        return "127.0.0.1"
+
+    def file_size(self, path: str) -> int:
+        found = self.stack.path(path)
+        return found.stat().st_size if found.exists() else 0
+
+    def apply_context_interrupted(self, changes: dict[str, str | None], interrupt_when) -> dict:
+        """configure killed outright mid-run (what a power cut leaves), then run again."""
+        stack = self.stack
+        stack.context = {k: v for k, v in {**stack.context, **changes}.items() if v is not None}
+        start = time.monotonic()
+        run = subprocess.Popen([stack.service, "configure"], env=stack.env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_until(interrupt_when, 300, interval=0.2, what="configure under way")
+        finally:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(10)
+        interrupted_s = round(time.monotonic() - start, 1)
+        return {"interrupted_after_s": interrupted_s, **self.apply_context({})}
+
     def logs(self) -> str:
         """Everything the appliance logged (its proxy, engine and stage logs), as one text."""
         files = [*self.stack.path(layout().log_dir).glob("*.log"), *self.stack.path("/var/log/one-appliance").glob("*")]
@@ -229,6 +304,18 @@ class VmTarget(Target):
 
     def host(self):
         return self.instance
+
+    def model_host_address(self) -> str:
+        return "10.0.2.2"  # QEMU user networking's gateway: this machine's loopback
+
+    def apply_context_interrupted(self, changes: dict[str, str | None], interrupt_when) -> dict:
+        vm = self.instance
+        context = {k: v for k, v in {**vm.context, **changes}.items() if v is not None}
+        start = time.monotonic()
+        vm.reconfigure(context, expect_ready=False)  # a new CONTEXT CD-ROM, then a reboot into it
+        wait_until(interrupt_when, 900, interval=2, what="configure under way at boot")
+        interrupted_s = round(time.monotonic() - start, 1)
+        return {"interrupted_after_s": interrupted_s, **vm.restart()}
 
     def describe(self) -> list[str]:
         return ([f"- {self.column}: accelerator {self.decision.line()}"] if self.decision else []) + super().describe()

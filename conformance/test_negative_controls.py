@@ -6,6 +6,7 @@ same check function the suite runs against every target. Only the local target r
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -14,11 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from . import agent_apis, checks, memory
+from . import agent_apis, checks, memory, model_source
 from .endpoint import Endpoint
+from .mutation import MUTANTS, mutated_appliance
 from .stack import LocalStack
 from .support import REPO
 from .targets import LocalTarget
+
+MUTANTS_BY_NAME = {m.name: m for m in MUTANTS}
 
 # They break a local stack on purpose; the checks they prove are the same code every target runs.
 pytestmark = pytest.mark.target("local")
@@ -265,5 +269,43 @@ def test_model_without_tools_is_listed_without_them(settings, endpoint, record):
         figures = agent_apis.models_list_capabilities(Endpoint.of_stack(stack, speed=endpoint.speed))
         assert figures["tools"] is False, figures
         record(figures)
+    finally:
+        stack.stop()
+
+
+# The model-by-URL checks against appliances with the defect each exists to catch (mutants of the
+# mutation run, applied to a copy of appliance/ that a stack of its own configures).
+MODEL_SOURCE_CONTROLS = {
+    "model_hash_not_verified": lambda t, h, a: model_source.bad_source_refused(
+        t, {"ONEAPP_SLM_MODEL_URL": h.url(model_source.RENAMED, a),
+            "ONEAPP_SLM_MODEL_SHA256": hashlib.sha256(b"another model").hexdigest()},
+        "ONEAPP_SLM_MODEL_SHA256", "the file at the URL has sha256"),
+    "model_without_template_accepted": lambda t, h, a: model_source.bad_source_refused(
+        t, {"ONEAPP_SLM_MODEL_URL": h.url(model_source.NO_TEMPLATE, a),
+            "ONEAPP_SLM_MODEL_SHA256": h.files.sha256[model_source.NO_TEMPLATE]},
+        "ONEAPP_SLM_MODEL_URL", "no chat template"),
+    "fetched_model_not_served": model_source.model_by_url_served,
+    "download_restarted_not_resumed": model_source.download_resumes,
+}
+
+
+@pytest.fixture(scope="module")
+def model_host(settings, tmp_path_factory):
+    files = model_source.derive_models(REPO / settings.artifacts / "model.gguf", tmp_path_factory.mktemp("models"))
+    host = model_source.ModelHost(files).start()
+    yield host
+    host.stop()
+
+
+@pytest.mark.negative_control
+@pytest.mark.parametrize("mutant", list(MODEL_SOURCE_CONTROLS))
+def test_model_source_check_catches(settings, endpoint, model_host, tmp_path, mutant, record):
+    """Each model-by-URL check fails on an appliance with the defect it exists to catch."""
+    appliance = mutated_appliance(MUTANTS_BY_NAME[mutant], tmp_path)
+    stack = LocalStack(REPO / settings.artifacts, service=appliance / "service.sh").start()
+    try:
+        with pytest.raises(AssertionError) as caught:
+            MODEL_SOURCE_CONTROLS[mutant](LocalTarget.around(stack, settings), model_host, "127.0.0.1")
+        record({"caught": str(caught.value).splitlines()[0][:160]})
     finally:
         stack.stop()

@@ -8,7 +8,7 @@ stage=/var/tmp/slm-stage
 install -d -m 0755 /etc/one-appliance/lib /etc/one-appliance/service.d /etc/one-appliance/templates \
     /etc/one-context.d
 install -m 0755 "$src/service.sh" /etc/one-appliance/service
-install -m 0644 "$src/lib/common.sh" /etc/one-appliance/lib/
+install -m 0644 "$src"/lib/* /etc/one-appliance/lib/
 install -m 0644 "$src/service.d/appliance.sh" /etc/one-appliance/service.d/
 install -m 0644 "$src"/templates/* /etc/one-appliance/templates/
 install -m 0755 "$src/context/net-90-service-appliance" /etc/one-context.d/

@@ -26,6 +26,10 @@ ONE_SERVICE_PARAMS=(
     'ONEAPP_SLM_RATE_LIMIT'     'configure' 'Requests per second per client address (burst: twice that)' 'O|number'
     'ONEAPP_SLM_KEY_RATE_LIMIT' 'configure' 'Requests per second per API key (burst: twice that; empty: as per address)' 'O|number'
     'ONEAPP_SLM_LOG_LEVEL'      'configure' 'Log level: error, warn, info or debug' 'O|list|error,warn,info,debug'
+    'ONEAPP_SLM_MODEL_URL'      'configure' 'GGUF model to serve instead of the built-in one, http(s) URL (empty: the built-in model)' 'O|text'
+    'ONEAPP_SLM_MODEL_SHA256'   'configure' 'sha256 of that GGUF file, 64 hex digits (required with MODEL_URL: nothing unverified is served)' 'O|text'
+    'ONEAPP_SLM_MODEL_ID'       'configure' 'Model id clients see (empty: the file name without .gguf)' 'O|text'
+    'ONEAPP_SLM_MODEL_CHAT_TEMPLATE' 'configure' 'Chat template (Jinja, base64) for a model that carries none, or to replace its own' 'O|text64'
 )
 
 ONE_SERVICE_DESCRIPTION=$(cat <<'EOD'
@@ -54,6 +58,10 @@ ONEAPP_SLM_CORS_ORIGINS="${ONEAPP_SLM_CORS_ORIGINS:-*}"
 ONEAPP_SLM_RATE_LIMIT="${ONEAPP_SLM_RATE_LIMIT:-10}"
 ONEAPP_SLM_KEY_RATE_LIMIT="${ONEAPP_SLM_KEY_RATE_LIMIT:-${ONEAPP_SLM_RATE_LIMIT}}"
 ONEAPP_SLM_LOG_LEVEL="${ONEAPP_SLM_LOG_LEVEL:-warn}"
+ONEAPP_SLM_MODEL_URL="${ONEAPP_SLM_MODEL_URL:-}"
+ONEAPP_SLM_MODEL_SHA256="${ONEAPP_SLM_MODEL_SHA256:-}"
+ONEAPP_SLM_MODEL_ID="${ONEAPP_SLM_MODEL_ID:-}"
+ONEAPP_SLM_MODEL_CHAT_TEMPLATE="${ONEAPP_SLM_MODEL_CHAT_TEMPLATE:-}"
 
 # Layout. SLM_ROOT (lib/common.sh) is empty in the image; ports are fixed there too.
 SLM_APP_DIR="${SLM_ROOT}/opt/slm-copilot"
@@ -68,6 +76,10 @@ SLM_NGINX_SITE="${SLM_ROOT}/etc/nginx/conf.d/slm-copilot.conf"
 SLM_API_KEY_FILE="${SLM_STATE_DIR}/api_key"
 SLM_API_KEYS_FILE="${SLM_STATE_DIR}/api_keys"  # the named keys: "id key" per line
 SLM_ENGINE_INPUTS="${SLM_ROOT}/run/slm-copilot/engine.inputs"  # what the running engine was started with
+# Models fetched by URL, named by their sha256 (a name is a verified content); the engine reads them.
+SLM_MODEL_STORE="${SLM_ROOT}/var/lib/slm-copilot-models"
+SLM_MODEL_PROGRESS="${SLM_ROOT}/run/slm-copilot/model-download"  # a download's progress, one line
+SLM_NOTICE_SITE="${SLM_ROOT}/run/slm-copilot/notice.conf"  # nginx's 503 site before the first configuration
 SLM_CA_CERT="${SLM_TLS_DIR}/ca.crt"
 SLM_ENGINE_UNIT=slm-copilot-engine
 SLM_RENEW_UNIT=slm-copilot-renew
@@ -82,6 +94,8 @@ SLM_TEMPLATES="$(dirname "${BASH_SOURCE[0]}")/../templates"
 SLM_OS_RESERVE_MB=512      # kernel, nginx, sshd: kept free of the model and KV cache
 SLM_COMPUTE_RESERVE_MB=256 # engine compute buffers beside weights and KV cache
 SLM_PROMPT_CACHE_MAX_MB=8192 # the engine's own default: more holds sessions nobody comes back to
+SLM_DISK_RESERVE_MB=256    # kept free on the model store's disk after a download (logs, journal)
+SLM_TEMPLATE_MAX_BYTES=65536 # real ones are 2-30 KB; base64 of more nears the 128 KiB a variable may hold
 # Certificate lifetimes (days). The server certificate stays within what browsers accept (398);
 # both are re-issued by configure and the daily renew run before they end.
 SLM_CA_DAYS=1825 SLM_CA_RENEW_DAYS=400 SLM_SERVER_DAYS=397 SLM_RENEW_DAYS=30
@@ -103,7 +117,7 @@ SLM_SECRET_FILES=(
 )
 
 # Distribution packages the appliance needs (install fetches what the image lacks).
-SLM_PACKAGES=(nginx-light libnginx-mod-http-js openssl curl gettext-base libgomp1 certbot logrotate)
+SLM_PACKAGES=(nginx-light libnginx-mod-http-js openssl curl gettext-base libgomp1 certbot logrotate python3)
 SLM_ERRORS=()  # what configure's validation rejected, one message per variable
 
 # --- stages (one-apps order): install at image build, configure and bootstrap on every boot ----
@@ -138,6 +152,7 @@ service_install() {
     install -m 0755 "$stage"/engine/* "${SLM_APP_DIR}/engine/"
     install -m 0644 "$stage/model.gguf" "${SLM_APP_DIR}/models/model.gguf"
     install -m 0644 "$stage/model.env" "${SLM_APP_DIR}/model.env"
+    install -m 0644 "$stage/architectures.txt" "${SLM_APP_DIR}/architectures.txt"
     if [ -f "$stage/chat-template.jinja" ]; then  # a tool-capable template for a model without one
         install -m 0644 "$stage/chat-template.jinja" "${SLM_APP_DIR}/models/chat-template.jinja"
     fi
@@ -162,17 +177,15 @@ service_install() {
 
 service_configure() {
     SLM_ERRORS=()
-    if ! validate; then
+    # The model is fetched only for a context that is valid otherwise, and judged before anything
+    # is rendered: a model that cannot serve changes nothing.
+    if ! validate || ! select_model || ! validate_fit; then
         report_failure
         return 1
     fi
     rm -f "${SLM_REPORT}.rejected"
     install -d -m 0755 "$SLM_ACME_WEBROOT" "$(dirname "$SLM_REPORT")"
-    # Logs name clients, paths and timings: no other user reads them. nginx's workers (www-data)
-    # reopen them after a rotation, so the folder is theirs to enter.
-    install -d -m 0750 "$SLM_LOG_DIR"
-    [ -n "$SLM_ROOT" ] || chgrp www-data "$SLM_LOG_DIR"
-    find "$SLM_LOG_DIR" -maxdepth 1 -type f -perm /o=r -exec chmod o-r {} +
+    make_log_dir
     install -d -m 0700 "$SLM_STATE_DIR" "$SLM_TLS_DIR"
 
     if [ -n "$ONEAPP_SLM_API_KEY" ]; then
@@ -193,17 +206,21 @@ service_configure() {
     chmod 0600 "$stage/secret.conf"
     local f
     for f in "${SLM_NGINX_FILES[@]}" "${SLM_NJS_FILES[@]}" engine.env; do chmod 0644 "$stage/$f"; done
+    [ ! -f "$stage/chat-template.jinja" ] || chmod 0644 "$stage/chat-template.jinja"
+    local previous_model
+    previous_model=$(configured_model_file)
     if ! commit_config "$stage"; then
         report_failure
         return 1
     fi
-    msg info "Configured: context ${ctx} tokens, prompt cache ${cache_mb} MiB, TLS ${ONEAPP_SLM_TLS_MODE}, model ${MODEL_ID}"
+    prune_model_store "$SLM_MODEL_FILE" "$previous_model"
+    msg info "Configured: context ${ctx} tokens, prompt cache ${cache_mb} MiB, TLS ${ONEAPP_SLM_TLS_MODE}, model ${MODEL_ID} (sha256 ${MODEL_SHA256})"
 }
 
 service_bootstrap() {
-    load_model_facts
     # shellcheck source=/dev/null  # rendered by configure from validated values only
     . "${SLM_CONF_DIR}/engine.env"
+    MODEL_ID=$SLM_MODEL_ID  # the model configure chose: built in, or fetched by URL
     systemctl enable -q "$SLM_ENGINE_UNIT" nginx "${SLM_RENEW_UNIT}.timer"
     systemctl start "${SLM_RENEW_UNIT}.timer"
     # A reload, not a restart, when nginx runs: streams in flight finish on the old workers while new
@@ -213,7 +230,8 @@ service_bootstrap() {
     # What the engine runs with: its arguments and its key (engine.env's facts lines are for the
     # report and the renewal; a change of TLS mode or domain must not restart the engine).
     local inputs
-    inputs=$(printf '%s\n%s' "$SLM_ENGINE_ARGS" "$(cat "$SLM_API_KEY_FILE")" | sha256sum | cut -d' ' -f1)
+    inputs=$(printf '%s\n%s\n%s' "$SLM_ENGINE_ARGS" "$(cat "$SLM_API_KEY_FILE")" \
+        "$(cat "${SLM_CONF_DIR}/chat-template.jinja" 2>/dev/null)" | sha256sum | cut -d' ' -f1)
     if [ "$(cat "$SLM_ENGINE_INPUTS" 2>/dev/null)" = "$inputs" ] && systemctl is-active -q "$SLM_ENGINE_UNIT"; then
         msg info "The engine's configuration is unchanged: it keeps running (and serving what is in flight)"
     else
@@ -311,10 +329,8 @@ load_model_facts() {
 }
 
 validate() {
-    load_model_facts
-    local vcpus mem_mb
+    local vcpus
     vcpus=$(nproc)
-    mem_mb=$(mem_total_mb)
 
     if [ -n "$ONEAPP_SLM_API_KEY" ] && ! [[ "$ONEAPP_SLM_API_KEY" =~ ^[A-Za-z0-9._~+/=-]{16,256}$ ]]; then
         reject ONEAPP_SLM_API_KEY "(hidden, ${#ONEAPP_SLM_API_KEY} chars)" \
@@ -350,11 +366,19 @@ validate() {
                 || reject ONEAPP_SLM_ACME_SERVER "$(shown "$ONEAPP_SLM_ACME_SERVER")" "expected an ACME directory URL" ;;
         *) reject ONEAPP_SLM_TLS_MODE "$(shown "$ONEAPP_SLM_TLS_MODE")" "expected selfsigned, custom or letsencrypt" ;;
     esac
+    validate_model_params
+    [ "${#SLM_ERRORS[@]}" -eq 0 ]
+}
 
-    local fits ctx free_mb kv_mb_per_1k
+# The context size against the chosen model and the RAM (after select_model: its facts decide).
+validate_fit() {
+    local fits ctx free_mb kv_mb_per_1k mem_mb
+    mem_mb=$(mem_total_mb)
     read -r fits ctx free_mb kv_mb_per_1k _ < <(context_plan)
     if [ -z "$ONEAPP_SLM_CONTEXT_SIZE" ]; then
-        if [ "$ctx" -lt 1024 ]; then
+        if [ "$ctx" -lt 1024 ] && [ -n "$ONEAPP_SLM_MODEL_URL" ]; then
+            reject ONEAPP_SLM_MODEL_URL "$(url_shown)" "the model ${MODEL_ID} ($((MODEL_BYTES / 1048576)) MiB) leaves no room for a context in ${mem_mb} MiB RAM: give the VM more memory or choose a smaller model"
+        elif [ "$ctx" -lt 1024 ]; then
             reject ONEAPP_SLM_CONTEXT_SIZE "''" "no context fits: ${mem_mb} MiB RAM minus model $((MODEL_BYTES / 1048576)) MiB and reserves leaves ${free_mb} MiB; give the VM more memory"
         fi
     elif check_int ONEAPP_SLM_CONTEXT_SIZE 512 "$MODEL_CTX_TRAIN" "the model ${MODEL_ID} was trained for ${MODEL_CTX_TRAIN} tokens" \
@@ -412,6 +436,187 @@ validate_named_keys() {
         fi
         keys+="${key} "
     done < <(named_key_entries)
+}
+
+# --- the model: built in, or fetched by URL, verified and judged before it replaces the served one
+
+validate_model_params() {
+    local sum=${ONEAPP_SLM_MODEL_SHA256,,}
+    if [ -n "$ONEAPP_SLM_MODEL_URL" ]; then
+        # What a URL may hold, no more: nothing a shell, nginx or curl would read as more than a URL.
+        [[ "$ONEAPP_SLM_MODEL_URL" =~ ^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/[A-Za-z0-9._~%/+:@,-]*(\?[A-Za-z0-9._~%/+:@,=&-]*)?$ ]] \
+            || reject ONEAPP_SLM_MODEL_URL "$(url_shown)" "expected an http:// or https:// URL of a GGUF file, such as https://huggingface.co/ORG/REPO/resolve/main/MODEL.gguf (no user:password@, no spaces or quotes)"
+        [[ "$sum" =~ ^[0-9a-f]{64}$ ]] \
+            || reject ONEAPP_SLM_MODEL_SHA256 "$(shown "$ONEAPP_SLM_MODEL_SHA256")" "expected the file's sha256, 64 hex digits as sha256sum prints them (required with ONEAPP_SLM_MODEL_URL: nothing unverified is served)"
+    elif [ -n "$sum" ]; then
+        reject ONEAPP_SLM_MODEL_SHA256 "$(shown "$ONEAPP_SLM_MODEL_SHA256")" "given without ONEAPP_SLM_MODEL_URL: set the URL of the model it verifies, or leave both empty for the built-in model"
+    fi
+    if [ -n "$ONEAPP_SLM_MODEL_ID" ] && ! [[ "$ONEAPP_SLM_MODEL_ID" =~ ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$ ]]; then
+        reject ONEAPP_SLM_MODEL_ID "$(shown "$ONEAPP_SLM_MODEL_ID")" "expected 1 to 128 characters A-Z a-z 0-9 . _ : - (the id clients send as \"model\")"
+    fi
+    if [ -n "$ONEAPP_SLM_MODEL_CHAT_TEMPLATE" ]; then
+        local bytes
+        if ! bytes=$(printf '%s' "$ONEAPP_SLM_MODEL_CHAT_TEMPLATE" | base64 -d 2>/dev/null | wc -c) || [ "$bytes" -eq 0 ] \
+            || ! printf '%s' "$ONEAPP_SLM_MODEL_CHAT_TEMPLATE" | base64 -d | grep -q '{[{%]'; then
+            reject ONEAPP_SLM_MODEL_CHAT_TEMPLATE "(${#ONEAPP_SLM_MODEL_CHAT_TEMPLATE} chars)" "expected a Jinja chat template, base64-encoded (base64 -w0 template.jinja)"
+        elif [ "$bytes" -gt "$SLM_TEMPLATE_MAX_BYTES" ]; then
+            reject ONEAPP_SLM_MODEL_CHAT_TEMPLATE "(${bytes} bytes)" "a chat template is at most ${SLM_TEMPLATE_MAX_BYTES} bytes"
+        fi
+    fi
+}
+
+# The URL as messages show it: its query left out (a signed URL carries its credential there).
+url_shown() {
+    local url=${ONEAPP_SLM_MODEL_URL%%\?*}
+    [ "$url" = "$ONEAPP_SLM_MODEL_URL" ] || url+="?(query hidden)"
+    shown "$url"
+}
+
+# The model configure serves, as MODEL_* facts and SLM_MODEL_FILE: the built-in one, or the one
+# ONEAPP_SLM_MODEL_URL names, fetched once into the store and judged on every configure.
+select_model() {
+    load_model_facts
+    SLM_MODEL_FILE="${SLM_APP_DIR}/models/model.gguf" MODEL_SOURCE=built-in
+    [ -n "$ONEAPP_SLM_MODEL_URL" ] || return 0
+    local sum=${ONEAPP_SLM_MODEL_SHA256,,}
+    SLM_MODEL_FILE="${SLM_MODEL_STORE}/sha256-${sum}.gguf"
+    if [ ! -s "$SLM_MODEL_FILE" ]; then
+        fetch_model "$SLM_MODEL_FILE" || return 1
+    fi
+    read_model_header "$SLM_MODEL_FILE" || return 1
+    MODEL_SHA256=$sum MODEL_CHAT_TEMPLATE=""  # the built-in model's tool template is for that model only
+    MODEL_SOURCE=$(printf '%s' "${ONEAPP_SLM_MODEL_URL%%\?*}" | tr -c 'A-Za-z0-9._/:-' '_')
+    MODEL_ID=${ONEAPP_SLM_MODEL_ID:-$(model_id_from_url)}
+    if ! grep -qxF "$MODEL_ARCH" "${SLM_APP_DIR}/architectures.txt"; then
+        reject ONEAPP_SLM_MODEL_URL "$(url_shown)" "the model's architecture '${MODEL_ARCH}' is not one this engine loads (see ${SLM_APP_DIR}/architectures.txt): choose a GGUF of a supported architecture"
+    fi
+    if [ "$MODEL_HAS_CHAT_TEMPLATE" != 1 ] && [ -z "$ONEAPP_SLM_MODEL_CHAT_TEMPLATE" ]; then
+        reject ONEAPP_SLM_MODEL_URL "$(url_shown)" "the GGUF carries no chat template: set ONEAPP_SLM_MODEL_CHAT_TEMPLATE (base64 Jinja) or choose a chat model"
+    fi
+    [ "${#SLM_ERRORS[@]}" -eq 0 ]
+}
+
+# The header's facts as MODEL_* variables (read as data, never sourced: the header is not ours).
+read_model_header() {
+    local out key value
+    if ! out=$(python3 "$(dirname "${BASH_SOURCE[0]}")/../lib/gguf_facts.py" "$1" 2>&1); then
+        reject ONEAPP_SLM_MODEL_URL "$(url_shown)" "the file is not a usable GGUF model ($(head -n 1 <<< "$out")): check the URL points at a .gguf file"
+        return 1
+    fi
+    while IFS='=' read -r key value; do
+        case "$key" in MODEL_ARCH|MODEL_BYTES|MODEL_CTX_TRAIN|MODEL_KV_BYTES_PER_TOKEN|MODEL_HAS_CHAT_TEMPLATE)
+            printf -v "$key" '%s' "$value" ;;
+        esac
+    done <<< "$out"
+}
+
+# The file name without .gguf, as a model id (what Hugging Face names files: Org-Model-Q4_K_M.gguf).
+model_id_from_url() {
+    local name=${ONEAPP_SLM_MODEL_URL%%\?*}
+    name=${name##*/}
+    name=${name%.gguf}
+    name=$(printf '%s' "$name" | tr -c 'A-Za-z0-9._:-' '-' | sed 's/^[^A-Za-z0-9]*//' | cut -c1-128)
+    printf '%s' "${name:-model-${ONEAPP_SLM_MODEL_SHA256:0:12}}"
+}
+
+# Downloads ONEAPP_SLM_MODEL_URL to DEST: resumed from DEST.part (a reboot mid-download loses
+# nothing), checked against RAM and disk before it starts, verified before it is named DEST.
+fetch_model() { # DEST
+    local dest=$1 part="${1}.part" sum=${ONEAPP_SLM_MODEL_SHA256,,} size have free_kb need_kb actual try
+    install -d -m 0755 "$SLM_MODEL_STORE" "$(dirname "$SLM_MODEL_PROGRESS")"
+    if ! size=$(remote_size); then
+        reject ONEAPP_SLM_MODEL_URL "$(url_shown)" "unreachable (${size}): check the address and that this VM reaches it"
+        return 1
+    fi
+    if [ "$size" -gt 0 ] && [ $((size / 1048576 + SLM_OS_RESERVE_MB + SLM_COMPUTE_RESERVE_MB)) -gt "$(mem_total_mb)" ]; then
+        reject ONEAPP_SLM_MODEL_URL "$(url_shown)" "the model is $((size / 1048576)) MiB: with the reserves it does not fit this VM's $(mem_total_mb) MiB RAM; give the VM more memory or choose a smaller model"
+        return 1
+    fi
+    have=$(stat -c %s "$part" 2>/dev/null || echo 0)
+    [ "$size" -gt 0 ] && [ "$have" -gt "$size" ] && { rm -f "$part"; have=0; }  # not a prefix of this file
+    free_kb=$(df -Pk "$SLM_MODEL_STORE" | awk 'NR == 2 {print $4}')
+    need_kb=$(( (size - have) / 1024 + SLM_DISK_RESERVE_MB * 1024 ))
+    if [ "$free_kb" -lt "$need_kb" ]; then
+        reject ONEAPP_SLM_MODEL_URL "$(url_shown)" "the model needs $((need_kb / 1024)) MiB more on ${SLM_MODEL_STORE} but $((free_kb / 1024)) MiB are free: grow the VM's disk"
+        return 1
+    fi
+    [ -s "${SLM_CONF_DIR}/engine.env" ] \
+        || serve_notice "The appliance is downloading its model (ONEAPP_SLM_MODEL_URL): it serves once the file is verified, retry later"
+    msg info "Downloading the model $(url_shown) ($((size / 1048576)) MiB$([ "$have" -eq 0 ] || echo ", resuming after $((have / 1048576)) MiB"))"
+    show_progress "$part" "$size" &
+    local progress=$!
+    for try in 1 2 3; do
+        [ "$size" -gt 0 ] && [ "$(stat -c %s "$part" 2>/dev/null || echo 0)" -eq "$size" ] && break
+        if curl -sS --fail --location --proto =http,https --proto-redir =http,https --connect-timeout 20 \
+            --speed-limit 1024 --speed-time 120 --continue-at - --output "$part" "$ONEAPP_SLM_MODEL_URL" 2> "${part}.err"; then
+            break
+        fi
+        # 33: the server cannot resume (no byte ranges): start over rather than append a second copy.
+        grep -q '(33)' "${part}.err" && rm -f "$part"
+        msg warning "The download stopped ($(head -n 1 "${part}.err")); attempt ${try} of 3"
+        sleep $((try * 5))
+    done
+    kill "$progress" 2>/dev/null; wait "$progress" 2>/dev/null
+    rm -f "$SLM_MODEL_PROGRESS" "${part}.err"
+    actual=$(sha256sum "$part" 2>/dev/null | cut -d' ' -f1)
+    if [ "$actual" != "$sum" ]; then
+        have=$(stat -c %s "$part" 2>/dev/null || echo 0)
+        if [ "$size" -gt 0 ] && [ "$have" -lt "$size" ]; then
+            reject ONEAPP_SLM_MODEL_URL "$(url_shown)" "the download stopped at ${have} of ${size} bytes (kept: the next configure resumes it)"
+        else
+            rm -f "$part"  # complete and wrong: resuming it could never match
+            reject ONEAPP_SLM_MODEL_SHA256 "$(shown "$ONEAPP_SLM_MODEL_SHA256")" "the file at the URL has sha256 ${actual:-none} (${have} bytes): check the hash, or that the URL is the file it belongs to"
+        fi
+        return 1
+    fi
+    chmod 0644 "$part"
+    mv -f "$part" "$dest"
+    msg info "Downloaded and verified the model (sha256 ${sum})"
+}
+
+# The size the server announces (0 when it does not say), or curl's error on stdout and false.
+remote_size() {
+    local headers
+    if ! headers=$(curl -sS --fail --head --location --proto =http,https --proto-redir =http,https \
+        --connect-timeout 20 --max-time 60 "$ONEAPP_SLM_MODEL_URL" 2>&1); then
+        printf '%s' "$(tail -n 1 <<< "$headers" | sed 's/^curl: //')"
+        return 1
+    fi
+    # After redirects the last response's length is the file's.
+    tr -d '\r' <<< "$headers" | awk 'tolower($1) == "content-length:" {n = $2} END {print n + 0}'
+}
+
+# Every 5 s while a download runs: how far it got, where the operator looks (motd, the progress
+# file the report and nginx's 503 quote, the stage log every minute).
+show_progress() { # PART SIZE
+    local part=$1 size=$2 have line tick=0
+    while sleep 5; do
+        have=$(stat -c %s "$part" 2>/dev/null || echo 0)
+        line="downloading the model $(url_shown): $((have / 1048576)) of $((size / 1048576)) MiB"
+        [ "$size" -gt 0 ] && line+=" ($((have * 100 / size))%)"
+        printf '%s\n' "$line" > "$SLM_MODEL_PROGRESS"
+        printf 'SLM-Copilot %s: %s\n' "$ONE_SERVICE_VERSION" "$line" | write_file "$SLM_MOTD" 0644
+        ((tick++ % 12 == 0)) && msg info "${line^}"
+    done
+}
+
+# The model file the committed configuration serves (empty before the first configure).
+configured_model_file() {
+    [ ! -s "${SLM_CONF_DIR}/engine.env" ] || sed -n 's/.*--model \([^ ]*\) .*/\1/p' "${SLM_CONF_DIR}/engine.env"
+}
+
+# Fetched models other than the one configured and the one it replaced go (the built-in model is
+# never in the store); so do downloads left unfinished for another URL.
+prune_model_store() { # KEEP...
+    local f keep
+    for f in "$SLM_MODEL_STORE"/sha256-*; do
+        [ -e "$f" ] || continue
+        for keep in "$@"; do
+            [ "$f" = "$keep" ] && continue 2
+        done
+        msg info "Removing ${f##*/}: no longer configured"
+        rm -f "$f"
+    done
 }
 
 # The memory plan, computed once from the model's facts and RAM (validate judges it, configure
@@ -613,21 +818,29 @@ render_engine() { # DEST CONTEXT-SIZE PROMPT-CACHE-MB
     # --kv-unified: one KV pool for all slots, so a request may use the whole context size (split
     # per slot, a context of 8192 with 2 slots would silently be 4096 per request).
     # The model's own chat template unless the build ships one beside it (model.env says which).
+    # An operator's template (ONEAPP_SLM_MODEL_CHAT_TEMPLATE) goes beside engine.env, swapped in with it.
     local template=""
     [ -z "${MODEL_CHAT_TEMPLATE:-}" ] || template=" --chat-template-file ${SLM_APP_DIR}/models/${MODEL_CHAT_TEMPLATE}"
+    if [ -n "$ONEAPP_SLM_MODEL_CHAT_TEMPLATE" ]; then
+        printf '%s' "$ONEAPP_SLM_MODEL_CHAT_TEMPLATE" | base64 -d > "$dest/chat-template.jinja"
+        template=" --chat-template-file ${SLM_CONF_DIR}/chat-template.jinja"
+    fi
     printf 'SLM_ENGINE_ARGS="%s"\n' "--host 127.0.0.1 --port ${SLM_ENGINE_PORT} \
---model ${SLM_APP_DIR}/models/model.gguf --alias ${MODEL_ID} --ctx-size ${ctx} \
+--model ${SLM_MODEL_FILE} --alias ${MODEL_ID} --ctx-size ${ctx} \
 --threads ${threads} --parallel $((10#$ONEAPP_SLM_PARALLEL)) --temp ${ONEAPP_SLM_TEMPERATURE} \
 --kv-unified --cache-ram ${cache_mb} --jinja${template} --metrics --no-slots --no-webui --log-verbosity ${verbosity}" > "$dest/engine.env"
     # What configure decided, apart from how the engine is told: the report says it, and the
     # conformance suite compares what the engine serves with it.
     # SLM_ENGINE_BUDGET_MB: what the engine may hold resident (RAM minus the OS reserve); the
     # memory check fills the prompt cache and compares.
-    printf 'SLM_CTX=%s\nSLM_PROMPT_CACHE_MB=%s\nSLM_ENGINE_BUDGET_MB=%s\nSLM_KV_BYTES_PER_TOKEN=%s\n' \
-        "$ctx" "$cache_mb" "$(($(mem_total_mb) - SLM_OS_RESERVE_MB))" "$MODEL_KV_BYTES_PER_TOKEN" >> "$dest/engine.env"
-    printf 'SLM_MODEL_ID=%s\nSLM_TEMPERATURE=%s\nSLM_PARALLEL=%s\nSLM_TLS_MODE=%s\nSLM_DOMAIN=%s\n' \
-        "$MODEL_ID" "$ONEAPP_SLM_TEMPERATURE" "$((10#$ONEAPP_SLM_PARALLEL))" "$ONEAPP_SLM_TLS_MODE" \
-        "$ONEAPP_SLM_DOMAIN" >> "$dest/engine.env"
+    {
+        printf 'SLM_CTX=%s\nSLM_PROMPT_CACHE_MB=%s\nSLM_ENGINE_BUDGET_MB=%s\nSLM_KV_BYTES_PER_TOKEN=%s\n' \
+            "$ctx" "$cache_mb" "$(($(mem_total_mb) - SLM_OS_RESERVE_MB))" "$MODEL_KV_BYTES_PER_TOKEN"
+        printf 'SLM_MODEL_ID=%s\nSLM_TEMPERATURE=%s\nSLM_PARALLEL=%s\nSLM_TLS_MODE=%s\nSLM_DOMAIN=%s\n' \
+            "$MODEL_ID" "$ONEAPP_SLM_TEMPERATURE" "$((10#$ONEAPP_SLM_PARALLEL))" "$ONEAPP_SLM_TLS_MODE" \
+            "$ONEAPP_SLM_DOMAIN"
+        printf 'SLM_MODEL_SHA256=%s\nSLM_MODEL_SOURCE=%s\n' "$MODEL_SHA256" "$MODEL_SOURCE"
+    } >> "$dest/engine.env"
 }
 
 # Applies what `stage` holds: swap it in, test nginx, and swap back if nginx refuses it.
@@ -657,11 +870,43 @@ commit_config() {
 report_failure() {
     local e
     for e in "${SLM_ERRORS[@]}"; do msg error "$e"; done
+    if [ "$(readlink "$SLM_NGINX_SITE" 2>/dev/null)" = "$SLM_NOTICE_SITE" ]; then
+        serve_notice "Not serving: the appliance's context was rejected (see /etc/one-appliance/config.rejected)"
+    fi
     {
         echo "[SLM-Copilot]"
         echo "status = configuration rejected; $( [ -s "${SLM_CONF_DIR}/engine.env" ] && echo 'the last good configuration keeps serving' || echo 'nothing is served until the context is fixed')"
         for e in "${SLM_ERRORS[@]}"; do echo "error = ${e}"; done
     } | write_file "${SLM_REPORT}.rejected" 0600
+}
+
+# Logs name clients, paths and timings: no other user reads them. nginx's workers (www-data)
+# reopen them after a rotation, so the folder is theirs to enter. It exists before nginx first
+# starts: its sandbox makes writable only the folders that exist when it starts.
+make_log_dir() {
+    install -d -m 0750 "$SLM_LOG_DIR"
+    [ -n "$SLM_ROOT" ] || chgrp www-data "$SLM_LOG_DIR"
+    find "$SLM_LOG_DIR" -maxdepth 1 -type f -perm /o=r -exec chmod o-r {} +
+}
+
+# Before the first configuration only (a first boot fetching its model): nginx answers every request
+# with 503, Retry-After and why, instead of refusing connections. The real site replaces it.
+serve_notice() { # MESSAGE (plain text: no quotes)
+    [ -z "$SLM_ROOT" ] || return 0  # the local target's nginx is the suite's, started after configure
+    make_log_dir
+    install -d -m 0700 "$SLM_STATE_DIR" "$SLM_TLS_DIR"
+    install -d -m 0755 "$(dirname "$SLM_NOTICE_SITE")"
+    ensure_self_signed "$SLM_TLS_DIR"  # the pair the first configuration serves in any TLS mode until then
+    # shellcheck disable=SC2016  # envsubst's list of the variables it replaces
+    SLM_NOTICE=$1 SLM_TLS_DIR=$SLM_TLS_DIR SLM_HTTP_PORT=$SLM_HTTP_PORT SLM_HTTPS_PORT=$SLM_HTTPS_PORT \
+        envsubst '${SLM_NOTICE} ${SLM_TLS_DIR} ${SLM_HTTP_PORT} ${SLM_HTTPS_PORT}' \
+        < "${SLM_TEMPLATES}/notice.conf" > "$SLM_NOTICE_SITE"
+    ln -sfn "$SLM_NOTICE_SITE" "$SLM_NGINX_SITE"
+    if nginx -t -q 2>/dev/null; then
+        systemctl reload-or-restart nginx || msg warning "nginx did not start with the notice site"
+    else
+        rm -f "$SLM_NGINX_SITE"
+    fi
 }
 
 # --- bootstrap's helpers ----------------------------------------------------------------------
@@ -726,6 +971,8 @@ status = ${SLM_STATUS}
 endpoint = ${url}
 api_key = ${key}
 model = ${MODEL_ID}
+model_sha256 = ${SLM_MODEL_SHA256:-}
+model_source = ${SLM_MODEL_SOURCE:-}
 context_size = ${SLM_CTX}
 prompt_cache_mib = ${SLM_PROMPT_CACHE_MB:-}
 tool_calls = ${SLM_TOOLS:-unknown}
