@@ -164,3 +164,17 @@ def test_reader_refuses_what_is_not_a_model(tmp_path, damage):
     path.write_bytes({"not_gguf": b"<html>404</html>" + data, "truncated": data[:40], "empty": b""}[damage])
     code, _, err = read(path)
     assert code == 1 and err.strip(), (code, err)
+
+
+def test_built_in_model_reported_and_renamed(stack, artifacts):
+    """Without a URL the built-in model serves, under ONEAPP_SLM_MODEL_ID when given, and engine.env
+    says which file and hash it is (the report repeats it)."""
+    pinned = dict(line.split("=", 1) for line in (artifacts / "model.env").read_text().splitlines())
+    stack.configure()
+    env = stack.path("/etc/slm-copilot/engine.env").read_text()
+    assert f"SLM_MODEL_SHA256={pinned['MODEL_SHA256']}\n" in env and "SLM_MODEL_SOURCE=built-in\n" in env
+    assert f"--alias {pinned['MODEL_ID']} " in env and "/opt/slm-copilot/models/model.gguf " in env
+    stack.context = {"ONEAPP_SLM_MODEL_ID": "team-coder"}
+    stack.configure()
+    env = stack.path("/etc/slm-copilot/engine.env").read_text()
+    assert "--alias team-coder " in env and "SLM_MODEL_ID=team-coder\n" in env

@@ -28,7 +28,7 @@ ONE_SERVICE_PARAMS=(
     'ONEAPP_SLM_LOG_LEVEL'      'configure' 'Log level: error, warn, info or debug' 'O|list|error,warn,info,debug'
     'ONEAPP_SLM_MODEL_URL'      'configure' 'GGUF model to serve instead of the built-in one, http(s) URL (empty: the built-in model)' 'O|text'
     'ONEAPP_SLM_MODEL_SHA256'   'configure' 'sha256 of that GGUF file, 64 hex digits (required with MODEL_URL: nothing unverified is served)' 'O|text'
-    'ONEAPP_SLM_MODEL_ID'       'configure' 'Model id clients see (empty: the file name without .gguf)' 'O|text'
+    'ONEAPP_SLM_MODEL_ID'       'configure' 'Model id clients see (empty: the file name without .gguf, or the built-in id)' 'O|text'
     'ONEAPP_SLM_MODEL_CHAT_TEMPLATE' 'configure' 'Chat template (Jinja, base64) for a model that carries none, or to replace its own' 'O|text64'
 )
 
@@ -477,6 +477,7 @@ url_shown() {
 select_model() {
     load_model_facts
     SLM_MODEL_FILE="${SLM_APP_DIR}/models/model.gguf" MODEL_SOURCE=built-in
+    MODEL_ID=${ONEAPP_SLM_MODEL_ID:-$MODEL_ID}
     [ -n "$ONEAPP_SLM_MODEL_URL" ] || return 0
     local sum=${ONEAPP_SLM_MODEL_SHA256,,}
     SLM_MODEL_FILE="${SLM_MODEL_STORE}/sha256-${sum}.gguf"
@@ -556,7 +557,7 @@ fetch_model() { # DEST
         msg warning "The download stopped ($(head -n 1 "${part}.err")); attempt ${try} of 3"
         sleep $((try * 5))
     done
-    kill "$progress" 2>/dev/null; wait "$progress" 2>/dev/null
+    kill "$progress" 2>/dev/null; wait "$progress" 2>/dev/null || true
     rm -f "$SLM_MODEL_PROGRESS" "${part}.err"
     actual=$(sha256sum "$part" 2>/dev/null | cut -d' ' -f1)
     if [ "$actual" != "$sum" ]; then
@@ -872,6 +873,12 @@ report_failure() {
     for e in "${SLM_ERRORS[@]}"; do msg error "$e"; done
     if [ "$(readlink "$SLM_NGINX_SITE" 2>/dev/null)" = "$SLM_NOTICE_SITE" ]; then
         serve_notice "Not serving: the appliance's context was rejected (see /etc/one-appliance/config.rejected)"
+    fi
+    # The banner must not go on showing a download that has ended.
+    if grep -q 'downloading the model' "$SLM_MOTD" 2>/dev/null; then
+        printf 'SLM-Copilot %s: the context was rejected (%s.rejected): %s\n' "$ONE_SERVICE_VERSION" "$SLM_REPORT" \
+            "$( [ -s "${SLM_CONF_DIR}/engine.env" ] && echo 'the last good configuration keeps serving' || echo 'nothing is served')" \
+            | write_file "$SLM_MOTD" 0644
     fi
     {
         echo "[SLM-Copilot]"
