@@ -156,7 +156,8 @@ def streams(ep: Endpoint, model: str) -> int:
 def model_by_url_served(target, host: ModelHost, address: str, name: str = RENAMED, extra: dict | None = None) -> dict:
     """The URL's model replaces the baked one: listed under its file name, streams, reported with its
     hash; then removing the URL brings the baked model back."""
-    ep, baked = target.endpoint, served_ids(target.endpoint)
+    ep = target.current_endpoint()
+    baked = served_ids(ep)
     sha = host.files.sha256[name]
     started = time.monotonic()
     timings = target.apply_context({"ONEAPP_SLM_MODEL_URL": host.url(name, address),
@@ -184,7 +185,7 @@ def model_by_url_served(target, host: ModelHost, address: str, name: str = RENAM
 def bad_source_refused(target, changes: dict[str, str], variable: str, reason: str) -> dict:
     """A model that must not be served (wrong hash, unreachable, truncated, no template): configure is
     refused with a message naming `variable`, and the model that served keeps serving, unchanged."""
-    ep = target.endpoint
+    ep = target.current_endpoint()
     ids, said = served_ids(ep), answer(ep)
     try:
         target.apply_context(changes, expect_ready=False)
@@ -217,7 +218,7 @@ def download_resumes(target, host: ModelHost, address: str) -> dict:
         assert after["range"].startswith("bytes=") and after["status"] == 206, \
             f"the download after the interruption asked for {asked_for} (HTTP {after['status']})"
         assert 0 < after["bytes"] < size, f"{after['bytes']} bytes fetched after the interruption, file {size}"
-        assert served_ids(target.endpoint) == [RENAMED.removesuffix(".gguf")]
+        assert served_ids(target.current_endpoint()) == [RENAMED.removesuffix(".gguf")]
     finally:
         target.apply_context(dict.fromkeys(changes))
     return {**timings, "bytes_before": size - after["bytes"], "bytes_after": after["bytes"], "size": size}

@@ -131,6 +131,11 @@ class Target:
         """A file of the appliance (its image path), as its host has it."""
         return self.host().read_file(path)
 
+    def current_endpoint(self) -> Endpoint:
+        """The appliance as clients reach it now, with its current key (a destructive check before
+        may have changed it)."""
+        return Endpoint.of_guest(self.host())
+
     def file_size(self, path: str) -> int:
         """Bytes in a file of the appliance (0 when there is none)."""
         return int(self.host().execute(f"stat -c %s {path} 2>/dev/null || echo 0", check=False).stdout.split()[-1])
@@ -223,6 +228,9 @@ class LocalTarget(Target):
 
     def appliance_file(self, path: str) -> str:
         return self.stack.path(path).read_text()
+
+    def current_endpoint(self) -> Endpoint:
+        return Endpoint.of_stack(self.stack, speed=self.endpoint.measured_speed if self.endpoint else None)
 
     def report(self) -> str | None:
         return None  # the local stack is configured, never bootstrapped: engine.env holds what it decided

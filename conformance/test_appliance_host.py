@@ -463,11 +463,15 @@ def test_reconfigure_new_key_and_context_size(guest, record):
 @pytest.mark.budget(900)
 def test_bad_context_keeps_last_good_configuration(guest, record):
     """A hostile, invalid context value: reported by name, never executed, last good config serving."""
+    good_context = dict(guest.context)
     with handed_back(guest):
         good = Endpoint.of_guest(guest)
         before = generated_hashes(guest)
         hostile = "lots$(touch /root/executed)`touch /root/executed`;touch /root/executed"
-        guest.reconfigure({**guest.context, "ONEAPP_SLM_THREADS": hostile}, expect_ready=False)
+        try:
+            guest.reconfigure({**guest.context, "ONEAPP_SLM_THREADS": hostile}, expect_ready=False)
+        finally:  # what later checks build their contexts on: the good one, which still serves
+            guest.context = good_context
         wait_until(lambda: guest.read_file("/etc/one-appliance/status").strip() == "configure_failure", 900,
                    interval=5, what="the bad context reported as configure_failure")
         rejected = guest.read_file("/etc/one-appliance/config.rejected")
