@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,10 +22,12 @@ from conformance.settings import Settings
 from conformance.stack import LocalStack
 from conformance.support import REPO, not_applicable, prune_cpu_variants
 from conformance.targets import Target, Unsupported, target_class
+from vm_fixtures.layout import layout
 
 from . import gate, history, machine, report
 
 OUT = REPO / "reports" / "benchmark"
+WORKLOADS = {"sessions": "test_sessions.py", "tuning": "test_tuning.py"}  # beside the default, throughput
 
 
 def pytest_addoption(parser):
@@ -37,9 +40,10 @@ def pytest_addoption(parser):
     group.addoption("--compare", nargs=2, metavar=("OLD", "NEW"), default=None,
                     help="only compare two builds side by side: staged artifacts folders, `.` or git refs "
                          "(local target), images (vm target)")
-    group.addoption("--workload", default="throughput", choices=("throughput", "sessions"),
+    group.addoption("--workload", default="throughput", choices=("throughput", *WORKLOADS),
                     help="throughput: short chats, the regression gate (default); sessions: agentic coding "
-                         "sessions replayed by several developers at once (benchmarks/sessions.py)")
+                         "sessions replayed by several developers at once (benchmarks/sessions.py); tuning: "
+                         "engine settings tried against the appliance's own (benchmarks/test_tuning.py)")
     group.addoption("--sessions-shape", default="ci", choices=("ci", "full"),
                     help="session size: ci (a 1,500-token system prompt) or full (10,000 tokens, 8 turns)")
     group.addoption("--history", default=None,
@@ -49,12 +53,13 @@ def pytest_addoption(parser):
 
 def pytest_collection_modifyitems(config, items):
     """--compare asks one question: only test_compare runs; without it, test_compare is left out.
-    --workload sessions runs the session replay (test_sessions.py) and nothing else."""
+    --workload sessions or tuning runs its own module (WORKLOADS) and nothing else."""
     if config.getoption("--compare") is not None:
         keep = [i for i in items if i.name == "test_compare"]
     else:
-        sessions = config.getoption("--workload") == "sessions"
-        keep = [i for i in items if i.name != "test_compare" and (i.path.name == "test_sessions.py") == sessions]
+        module = WORKLOADS.get(config.getoption("--workload"))
+        keep = [i for i in items if i.name != "test_compare" and (
+            i.path.name == module if module else i.path.name not in WORKLOADS.values())]
     if len(keep) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep
@@ -150,6 +155,24 @@ def local_stack(target, results) -> LocalStack:
         not_applicable(f"needs the local target (this run: {target.name})")
     results["model_bytes"] = (stack.artifacts / "model.gguf").stat().st_size
     return stack
+
+
+@contextlib.contextmanager
+def engine_with(local_stack, edit):
+    """The appliance's engine, configured as the appliance configures it, then its arguments passed
+    through `edit`; served directly on loopback."""
+    stack = LocalStack(local_stack.artifacts)
+    stack.configure()
+    env = stack.path(f"{layout().conf_dir}/engine.env")
+    lines = env.read_text().splitlines()
+    lines = [f"SLM_ENGINE_ARGS={shlex.quote(edit(shlex.split(x.partition('=')[2])[0]))}"
+             if x.startswith("SLM_ENGINE_ARGS=") else x for x in lines]
+    env.write_text("\n".join(lines) + "\n")
+    stack.start_engine()
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 def direct(stack: LocalStack) -> Endpoint:

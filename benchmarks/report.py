@@ -76,18 +76,67 @@ def sessions_plot(runs: dict, path: Path) -> bool:
     return True
 
 
-def sessions_table(runs: dict) -> list[str]:
+def sessions_table(runs: dict, anchor: dict | None = None) -> list[str]:
     lines = ["## Agentic sessions", "", "Figures named as the field names them (TTFT, ITL, TPOT, E2EL). A warm "
              "turn's excess is the prompt tokens it computed over those it added (1.0 is ideal; the gate allows "
              "1.05). A cold turn is a session's first: its system prompt may be cached by another session, as "
-             "in a team.", "",
-             "| developers | engine slots | turns | TTFT cold p50 s | TTFT warm p50 s | TTFT warm p99 s | ITL p50 s | "
-             "E2EL p50 s | cache hit ratio | worst warm excess | output tok/s | wall s |", "|---" * 12 + "|"]
+             "in a team. Crosstalk: of the developers' last answers under load, how many equal the same request "
+             "sent alone at temperature 0.", ""]
+    lines += session_rows(runs)
+    if anchor:
+        lines += ["", "### Against llama-server's defaults", "", "The same replay, in the same run, against the "
+                  "same engine and model with none of the appliance's settings (no proxy either): "
+                  f"`{' '.join(next(iter(anchor.values())).get('engine_args', []))}`.", ""]
+        lines += session_rows(anchor)
+        lines += ["", "Appliance over defaults (above 1: the appliance is better; times as defaults / appliance):", "",
+                  "| developers | TTFT cold | TTFT warm | E2EL | cache hit ratio | output tok/s |", "|---" * 6 + "|"]
+        for count, r in sorted(anchor.items(), key=lambda kv: int(kv[0])):
+            v = r.get("appliance_vs_defaults") or {}
+            figures = (v.get(k) for k in ("cold_ttft", "warm_ttft", "e2el", "cache_hit", "output_tps"))
+            lines.append(f"| {count} | " + " | ".join(_fmt(f) for f in figures) + " |")
+    return lines + [""]
+
+
+def session_rows(runs: dict) -> list[str]:
+    lines = ["| developers | engine slots | turns | TTFT cold p50 s | TTFT warm p50 s | TTFT warm p99 s | ITL p50 s | "
+             "E2EL p50 s | cache hit ratio | worst warm excess | output tok/s | wall s | crosstalk | failed sessions |",
+             "|---" * 14 + "|"]
     for count, r in sorted(runs.items(), key=lambda kv: int(kv[0])):
+        same = sum(1 for x in r.get("crosstalk", []) if x["identical"])
         lines.append(f"| {count} | {r.get('slots') or '?'} | {len(r['turns'])} | {_fmt(r['cold_ttft_s'].get('p50'))} | "
                      f"{_fmt(r['warm_ttft_s'].get('p50'))} | {_fmt(r['warm_ttft_s'].get('p99'))} | "
                      f"{_fmt(r['itl_s'].get('p50'))} | {_fmt(r['e2el_s'].get('p50'))} | {_fmt(r['cache_hit_ratio'])} | "
-                     f"{_fmt(r['worst_warm_excess'])} | {_fmt(r['output_tps'])} | {_fmt(r['wall_s'])} |")
+                     f"{_fmt(r['worst_warm_excess'])} | {_fmt(r['output_tps'])} | {_fmt(r['wall_s'])} | "
+                     f"{same} of {len(r.get('crosstalk', []))} identical | {len(r.get('errors', []))}"
+                     f"{': ' + r['errors'][0][:90] if r.get('errors') else ''} |")
+    return lines
+
+
+def aiperf_table(check: dict) -> list[str]:
+    ours, theirs = check["ours"], check["aiperf"]
+    rows = (("TTFT, warm turns, p50 s", ours["warm_ttft_s"].get("p50"), theirs["warm_ttft_s"].get("p50"),
+             "warm TTFT p50"),
+            ("ITL pooled, s per token", ours["pooled_itl_s"], theirs["pooled_itl_s"], "ITL pooled"),
+            ("E2EL p50 s", ours["e2el_s"].get("p50"), theirs["e2el_s"].get("p50"), "E2EL p50"))
+    return ["## Cross-check: AIPerf on sessions of the same shape", "",
+            f"{check['developers']} developers each side, back to back, distinct sessions; agreement is AIPerf / ours "
+            f"within {check['band'][0]}-{check['band'][1]}.", "",
+            "| figure | ours | AIPerf | AIPerf / ours |", "|---|---|---|---|"] + [
+        f"| {name} | {_fmt(a)} | {_fmt(b)} | {_fmt(check['ratios'].get(key))} |" for name, a, b, key in rows] + [""]
+
+
+def tuning_table(rows: dict) -> list[str]:
+    lines = ["## Engine settings tried (tuned / the appliance's own, same engine, interleaved)", "",
+             "| setting | flags | figure | ratio (median) | appliance | tuned | answer unchanged | drafts accepted | "
+             "verdict |", "|---" * 9 + "|"]
+    for name, r in rows.items():
+        speculative = "decode_ratio" in r
+        figure = "decode tok/s" if speculative else f"prompt tok/s ({r.get('prompt_n')} tokens)"
+        kind = "decode" if speculative else "prompt"
+        drafts = f"{r.get('draft_accepted')} of {r.get('draft_n')}" if speculative else ""
+        lines.append(f"| {name} | `{r['flags']}` | {figure} | {_fmt(r[f'{kind}_ratio'])} | "
+                     f"{_fmt(r[f'plain_{kind}_tps'])} | {_fmt(r[f'tuned_{kind}_tps'])} | "
+                     f"{r.get('identical', '') if speculative else ''} | {drafts} | {r.get('verdict', '')} |")
     return lines + [""]
 
 
@@ -142,7 +191,11 @@ def markdown(results: dict, gate_rows: list[dict], plots: list[str]) -> str:
                          f"{_fmt(v['engine_prompt_tps'])} |")
         lines.append("")
     if results.get("sessions"):
-        lines += sessions_table(results["sessions"])
+        lines += sessions_table(results["sessions"], results.get("sessions_anchor"))
+    if results.get("aiperf"):
+        lines += aiperf_table(results["aiperf"])
+    if results.get("tuning"):
+        lines += tuning_table(results["tuning"])
     for comparison in (results.get("compare") or {}).values():
         lines.append(comparison["markdown"])
     if gate_rows:

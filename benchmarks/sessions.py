@@ -8,7 +8,8 @@ warm turn computes only what is new. Everything is generated from a seed (no dow
 
 Several developers replay their own sessions at once, each with think time between turns, and every
 turn is measured from the client (TTFT, ITL, end-to-end) and from the engine's own timings (prompt
-tokens computed vs taken from the cache).
+tokens computed vs taken from the cache). After a replay, each developer's last request is sent again
+alone: at temperature 0 its answer must be the one it got under load (no streams mixed up).
 """
 
 from __future__ import annotations
@@ -137,8 +138,16 @@ class Turn:
         return d
 
 
+@dataclass
+class LastRequest:
+    """A developer's last request and the answer it streamed under load: the crosstalk check's input."""
+    developer: int
+    messages: list[dict]
+    answer: str
+
+
 def run_session(ep: Endpoint, developer: int, seed: int, shape: Shape, t0: float, turns: list[Turn],
-                errors: list[str]) -> None:
+                errors: list[str], last: list[LastRequest]) -> None:
     session = Session(seed=seed, shape=shape)
     rng = random.Random(1000 + seed)
     previous = 0
@@ -147,13 +156,14 @@ def run_session(ep: Endpoint, developer: int, seed: int, shape: Shape, t0: float
             time.sleep(rng.expovariate(1 / shape.think_s))
         started = time.monotonic()
         s = stream_chat(ep, session.messages, max_tokens=shape.answer_tokens, temperature=0)
-        if s.status != 200 or not s.chunks:
-            errors.append(f"developer {developer} turn {k}: HTTP {s.status} {s.body[:200]}")
+        failed = stream_failure(s)
+        if failed:
+            errors.append(f"developer {developer} turn {k}: {failed}")
             return
-        last = s.chunks[-1]
-        timings, usage = last.get("timings") or {}, last.get("usage") or {}
+        final = s.chunks[-1]
+        timings, usage = final.get("timings") or {}, final["usage"]
         times = s.content_times
-        answer = "".join((c.get("choices") or [{}])[0].get("delta", {}).get("content") or "" for c in s.chunks)
+        answer = s.content
         prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
         turns.append(Turn(developer, k, round(started - t0, 2), (times[0] if times else s.events[-1][0]) - started,
                           s.events[-1][0] - started, prompt, timings.get("prompt_n", prompt),
@@ -161,23 +171,55 @@ def run_session(ep: Endpoint, developer: int, seed: int, shape: Shape, t0: float
                           timings.get("predicted_per_second", float("nan")),
                           [b - a for a, b in zip(times, times[1:], strict=False)]))
         previous = prompt + completion
+        if k == shape.turns - 1:
+            last.append(LastRequest(developer, list(session.messages), answer))
         session.next_turn(answer, k + 1)
 
 
-def replay(ep: Endpoint, developers: int, shape: Shape) -> dict:
+def stream_failure(s) -> str | None:
+    """What went wrong with a streamed turn, if anything: an HTTP error, or a 200 whose stream carries
+    an error event or ends without its usage chunk (the engine's "context size exceeded" arrives so,
+    after the headers have said 200)."""
+    if s.status != 200 or not s.chunks:
+        return f"HTTP {s.status} {s.body[:200]}"
+    error = next((c["error"] for c in s.chunks if "error" in c), None)
+    if error:
+        return f"HTTP 200, then an error event: {str(error)[:200]}"
+    if not s.chunks[-1].get("usage"):
+        return "HTTP 200, the stream ended without its usage chunk"
+    return None
+
+
+def replay(ep: Endpoint, developers: int, shape: Shape, seed_base: int | None = None) -> dict:
     """`developers` sessions at once, each its own; the figures of every turn and of the run.
-    Sessions differ from one replay to the next (seeds by developer count), so no turn finds its
-    own history cached by an earlier replay; the system prompt may be, as it is in a team."""
+    Sessions differ from one replay to the next (seeds by developer count unless `seed_base` says),
+    so no turn finds its own history cached by an earlier replay; the system prompt may be, as it is
+    in a team. A session whose turn fails stops there; the failures are in "errors"."""
+    seed_base = 100 * developers if seed_base is None else seed_base
     turns: list[Turn] = []
     errors: list[str] = []
+    last: list[LastRequest] = []
     t0 = time.monotonic()
-    wall = run_at_once([partial(run_session, ep, d, 100 * developers + d, shape, t0, turns, errors)
+    wall = run_at_once([partial(run_session, ep, d, seed_base + d, shape, t0, turns, errors, last)
                         for d in range(developers)])
-    if errors:
-        raise RuntimeError(f"{len(errors)} of {developers} sessions failed: {errors[:2]}")
-    return {"developers": developers, "shape": asdict(shape), "wall_s": round(wall, 1),
+    return {"developers": developers, "shape": asdict(shape), "wall_s": round(wall, 1), "errors": sorted(errors),
             "turns": [t.as_dict() for t in sorted(turns, key=lambda t: (t.developer, t.turn))],
-            **summary(turns, wall)}
+            **summary(turns, wall), "crosstalk": crosstalk(ep, last, shape)}
+
+
+def crosstalk(ep: Endpoint, last: list[LastRequest], shape: Shape) -> list[dict]:
+    """Each developer's last request again, alone, at temperature 0: the answer it got under load
+    must be this one, character for character (a stream given another's tokens differs at once)."""
+    rows = []
+    for req in sorted(last, key=lambda r: r.developer):
+        s = stream_chat(ep, req.messages, max_tokens=shape.answer_tokens, temperature=0)
+        alone = s.content
+        same = next((i for i, (a, b) in enumerate(zip(req.answer, alone, strict=False)) if a != b),
+                    min(len(req.answer), len(alone)))
+        rows.append({"developer": req.developer, "status": s.status,
+                     "identical": s.status == 200 and alone == req.answer, "common_prefix_chars": same,
+                     "under_load": req.answer[:80], "alone": alone[:80]})
+    return rows
 
 
 def summary(turns: list[Turn], wall: float) -> dict:
@@ -189,6 +231,10 @@ def summary(turns: list[Turn], wall: float) -> dict:
         "warm_ttft_s": percentiles([t.ttft_s for t in warm]),
         "e2el_s": percentiles([t.e2e_s for t in turns]),
         "itl_s": percentiles([g for t in turns for g in t.itl_s]),
+        # As AIPerf and GenAI-Perf define ITL (a request's decode span over the gaps it holds), pooled
+        # over the run: with several developers one's decode overlaps another's prompt, so single
+        # requests' ITL is bimodal and their median jumps between the modes.
+        "pooled_itl_s": pooled_itl([(t.ttft_s, t.e2e_s, t.completion_tokens) for t in turns]),
         "tpot_s": percentiles([1 / t.decode_tps for t in turns if t.decode_tps and t.decode_tps == t.decode_tps]),
         # Of the prompt tokens warm turns sent, the share the engine took from its cache.
         "cache_hit_ratio": round(sum(t.cached for t in warm) / sent, 4) if sent else None,
@@ -199,3 +245,21 @@ def summary(turns: list[Turn], wall: float) -> dict:
         "request_throughput": round(len(turns) / wall, 3),
         "decode_tps_p50": statistics.median(t.decode_tps for t in turns),
     }
+
+
+def pooled_itl(requests: list[tuple[float, float, int]]) -> float | None:
+    """(TTFT, E2EL, output tokens) per request -> seconds per generated token after the first."""
+    gaps = sum(n - 1 for _, _, n in requests if n > 1)
+    return round(sum(e2e - ttft for ttft, e2e, n in requests if n > 1) / gaps, 5) if gaps else None
+
+
+def versus(tuned: dict, anchor: dict) -> dict:
+    """The tuned run's figures against the anchor's, each as a speed-up (above 1: the tuned one is
+    better): times as anchor / tuned, ratios and rates as tuned / anchor."""
+    def ratio(a, b):
+        return round(a / b, 3) if a and b else None
+    return {"cold_ttft": ratio(anchor["cold_ttft_s"].get("p50"), tuned["cold_ttft_s"].get("p50")),
+            "warm_ttft": ratio(anchor["warm_ttft_s"].get("p50"), tuned["warm_ttft_s"].get("p50")),
+            "e2el": ratio(anchor["e2el_s"].get("p50"), tuned["e2el_s"].get("p50")),
+            "cache_hit": ratio(tuned["cache_hit_ratio"], anchor["cache_hit_ratio"]),
+            "output_tps": ratio(tuned["output_tps"], anchor["output_tps"])}

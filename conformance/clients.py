@@ -147,22 +147,28 @@ def ca(ep: Endpoint) -> str:
 
 
 def install(client: Client) -> Path:
-    """The bin directory of a pinned client, installed once per pin outside the clone: npm clients
-    with npm, PyPI ones into a virtualenv of their own (aider's dependencies are not the suite's)."""
-    digest = hashlib.sha256(client.package.encode()).hexdigest()[:16]
-    dest = cache_root() / "clients" / f"{client.name}-{digest}"
-    npm = "==" not in client.package
+    """The bin directory of a pinned client (see install_package)."""
+    return install_package(client.name, client.package)
+
+
+def install_package(name: str, package: str) -> Path:
+    """The bin directory of a pinned tool, installed once per pin outside the clone: npm packages
+    with npm, PyPI ones (`package` may list several requirements) into a virtualenv of their own
+    (aider's or aiperf's dependencies are not the suite's)."""
+    digest = hashlib.sha256(package.encode()).hexdigest()[:16]
+    dest = cache_root() / "clients" / f"{name}-{digest}"
+    npm = "==" not in package
     if not (dest / ".installed").exists():
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
         if npm:
             if shutil.which("npm") is None:
-                raise RuntimeError(f"npm is not installed (./dev installs nodejs and npm): {client.name} cannot run")
+                raise RuntimeError(f"npm is not installed (./dev installs nodejs and npm): {name} cannot run")
             steps = [["npm", "install", "--prefix", str(dest), "--no-audit", "--no-fund", "--loglevel=error",
-                      client.package]]
+                      package]]
         else:
             steps = [[sys.executable, "-m", "venv", str(dest / "venv")],
-                     [str(dest / "venv" / "bin" / "pip"), "install", "-q", client.package]]
+                     [str(dest / "venv" / "bin" / "pip"), "install", "-q", *package.split()]]
         for step in steps:
             subprocess.run(step, check=True, capture_output=True, text=True, timeout=900)
         (dest / ".installed").touch()

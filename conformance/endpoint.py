@@ -128,6 +128,11 @@ class SSEStream:
         return [json.loads(data) for _, data in self.events if data != "[DONE]"]
 
     @property
+    def content(self) -> str:
+        """The chat completion's text: every chunk's delta content, joined."""
+        return "".join((c.get("choices") or [{}])[0].get("delta", {}).get("content") or "" for c in self.chunks)
+
+    @property
     def content_times(self) -> list[float]:
         out = []
         for t, data in self.events:

@@ -1,0 +1,95 @@
+"""Engine settings tried against the appliance's own (`--workload tuning`), each as an in-run ratio
+on the same engine, model and machine, interleaved: n-gram speculative decoding on a code-edit turn
+(the answer repeats much of its input) and batch sizes on a cold prompt. What wins goes into the
+appliance with these figures in the README; what does not is reported and left off.
+
+Speculation must not change the answer: at temperature 0 the tuned engine's text must equal the
+plain one's, or the setting is wrong however fast it is. These are explorations, not gates: each
+row says whether the setting could be adopted and why not; nothing here fails the run."""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+
+import pytest
+
+from conformance.endpoint import Endpoint, stream_chat
+
+from . import sessions
+from .conftest import direct, engine_with
+
+SPECULATION = {  # the pinned engine's draft-model-free kinds (common/speculative.cpp)
+    "ngram-simple": "--spec-type ngram-simple",
+    "ngram-mod": "--spec-type ngram-mod",
+}
+BATCHES = {"ubatch-128": "-ub 128", "ubatch-256": "-ub 256", "ubatch-1024": "-b 2048 -ub 1024",
+           "threads-batch-all": f"-tb {os.cpu_count()}"}  # every CPU for prompts, decode threads as set
+EDIT_TOKENS = 256  # an answer long enough to repeat a good part of the file
+
+
+def code_edit(tokens: int) -> list[dict]:
+    """A rename across a module: the whole file back, most of it unchanged."""
+    source = sessions.python_file(random.Random(7), tokens, "src/parser.py")
+    return [{"role": "system", "content": "You are a careful coding assistant. Answer with the whole file only."},
+            {"role": "user", "content": "Rename every parameter called `path` to `file_path` in this file and "
+                                        f"output the whole file:\n```python\n{source}\n```"}]
+
+
+def measured(ep: Endpoint, messages: list[dict], max_tokens: int) -> dict:
+    s = stream_chat(ep, messages, max_tokens=max_tokens, temperature=0, cache_prompt=False)
+    assert s.status == 200, f"HTTP {s.status}: {s.body[:200]}"
+    timings = s.chunks[-1].get("timings") or {}
+    return {"text": s.content, "decode_tps": timings.get("predicted_per_second"),
+            "prompt_tps": timings.get("prompt_per_second"), "prompt_n": timings.get("prompt_n"),
+            "draft_n": timings.get("draft_n"), "draft_accepted": timings.get("draft_n_accepted")}
+
+
+def side_by_side(local_stack, flags: str, messages: list[dict], max_tokens: int, rounds: int) -> dict:
+    """The appliance's engine as configured and the same with `flags`, A/B/A/B."""
+    runs = {"plain": [], "tuned": []}
+    with engine_with(local_stack, lambda a: a) as plain, engine_with(local_stack, lambda a: f"{a} {flags}") as tuned:
+        for _ in range(rounds):
+            runs["plain"].append(measured(direct(plain), messages, max_tokens))
+            runs["tuned"].append(measured(direct(tuned), messages, max_tokens))
+    return runs
+
+
+def ratio(runs: dict, figure: str) -> float:
+    return round(statistics.median(t[figure] / p[figure] for p, t in zip(runs["plain"], runs["tuned"],
+                                                                            strict=True)), 3)
+
+
+FRESH = [{"role": "user", "content": "Explain, in plain prose, three trade-offs between threads and processes "
+                                     "for a Python web server."}]  # an answer that repeats nothing
+
+
+@pytest.mark.parametrize("turn", ["code-edit", "fresh"])
+@pytest.mark.parametrize("kind", SPECULATION)
+def test_ngram_speculation(local_stack, results, rounds, kind, turn):
+    """Faster where the answer repeats its input, and never slower where it does not."""
+    messages = code_edit(EDIT_TOKENS * 2) if turn == "code-edit" else FRESH
+    runs = side_by_side(local_stack, SPECULATION[kind], messages, EDIT_TOKENS, rounds)
+    tuned = runs["tuned"][-1]
+    row = {"flags": SPECULATION[kind], "decode_ratio": ratio(runs, "decode_tps"),
+           "plain_decode_tps": statistics.median(r["decode_tps"] for r in runs["plain"]),
+           "tuned_decode_tps": statistics.median(r["decode_tps"] for r in runs["tuned"]),
+           "draft_n": tuned["draft_n"], "draft_accepted": tuned["draft_accepted"],
+           "identical": all(p["text"] == t["text"] for p, t in zip(runs["plain"], runs["tuned"], strict=True)),
+           "rounds": rounds}
+    row["verdict"] = ("changes the answer at temperature 0" if not row["identical"] else
+                      "faster" if row["decode_ratio"] >= 1.05 else "no faster")
+    results.setdefault("tuning", {})[f"{kind}, {turn}"] = row
+
+
+@pytest.mark.parametrize("kind", BATCHES)
+def test_batch_size_on_a_cold_prompt(local_stack, results, rounds, kind):
+    session = sessions.Session(seed=3, shape=sessions.SHAPES["ci"])
+    runs = side_by_side(local_stack, BATCHES[kind], session.messages, 1, rounds)
+    results.setdefault("tuning", {})[kind] = {
+        "flags": BATCHES[kind], "prompt_ratio": ratio(runs, "prompt_tps"), "prompt_n": runs["plain"][0]["prompt_n"],
+        "plain_prompt_tps": statistics.median(r["prompt_tps"] for r in runs["plain"]),
+        "tuned_prompt_tps": statistics.median(r["prompt_tps"] for r in runs["tuned"]), "rounds": rounds}
+    row = results["tuning"][kind]
+    row["verdict"] = "faster" if row["prompt_ratio"] >= 1.05 else "no faster"
