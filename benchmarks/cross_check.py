@@ -73,8 +73,9 @@ def run(ep: Endpoint, developers: int, shape: Shape, seed_base: int, model: Path
     if ep.ca_file:
         env["SSL_CERT_FILE"] = str(ep.ca_file)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3600)
-    if done.returncode != 0:
-        raise RuntimeError(f"aiperf exited {done.returncode}: {(done.stdout + done.stderr)[-1500:]}")
+    if done.returncode != 0:  # its output is told with the key masked, whatever it echoes
+        told = (done.stdout + done.stderr).replace(ep.api_key, "<key>") if ep.api_key else done.stdout + done.stderr
+        raise RuntimeError(f"aiperf exited {done.returncode}: {told[-1500:]}")
     return figures(out)
 
 
