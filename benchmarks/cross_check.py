@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from conformance.clients import install_package, served_model
 from conformance.endpoint import Endpoint
 
 from .measure import percentiles
-from .sessions import Session, Shape, pooled_itl
+from .sessions import Session, Shape, pooled_itl, think_times
 
 AIPERF = "aiperf==0.13.0 gguf==0.19.0"  # gguf: the tokenizer is read from the model file
 
@@ -34,7 +33,7 @@ def dataset(developers: int, shape: Shape, seed_base: int) -> list[dict]:
     records = []
     for d in range(developers):
         seed = seed_base + d
-        session, think = Session(seed=seed, shape=shape), random.Random(1000 + seed)
+        session, pauses = Session(seed=seed, shape=shape), think_times(seed, shape)
         users = [session.messages[1]["content"]]
         for k in range(1, shape.turns):
             session.next_turn("", k)
@@ -43,7 +42,7 @@ def dataset(developers: int, shape: Shape, seed_base: int) -> list[dict]:
         for k, text in enumerate(users):
             turn = {"text": text, "output_length": shape.answer_tokens}
             if k:
-                turn["delay"] = round(think.expovariate(1 / shape.think_s) * 1000)
+                turn["delay"] = round(pauses[k - 1] * 1000)
             turns.append(turn)
         records.append({"session_id": f"developer-{d}", "turns": turns})
     return records

@@ -149,11 +149,11 @@ class LastRequest:
 def run_session(ep: Endpoint, developer: int, seed: int, shape: Shape, t0: float, turns: list[Turn],
                 errors: list[str], last: list[LastRequest]) -> None:
     session = Session(seed=seed, shape=shape)
-    rng = random.Random(1000 + seed)
+    pauses = think_times(seed, shape)
     previous = 0
     for k in range(shape.turns):
         if k:
-            time.sleep(rng.expovariate(1 / shape.think_s))
+            time.sleep(pauses[k - 1])
         started = time.monotonic()
         s = stream_chat(ep, session.messages, max_tokens=shape.answer_tokens, temperature=0)
         failed = stream_failure(s)
@@ -174,6 +174,13 @@ def run_session(ep: Endpoint, developer: int, seed: int, shape: Shape, t0: float
         if k == shape.turns - 1:
             last.append(LastRequest(developer, list(session.messages), answer))
         session.next_turn(answer, k + 1)
+
+
+def think_times(seed: int, shape: Shape) -> list[float]:
+    """A developer's pauses before each turn after the first (seconds): the same for a seed whoever
+    replays the session (this replay, or AIPerf's)."""
+    rng = random.Random(1000 + seed)
+    return [rng.expovariate(1 / shape.think_s) for _ in range(shape.turns - 1)]
 
 
 def stream_failure(s) -> str | None:
