@@ -3,15 +3,19 @@ fetch by ONEAPP_SLM_MODEL_URL, and the checks of what it does with good and bad 
 
 The models are derived from the baked one with the `gguf` package (PyPI ships no second chat model
 small enough for a TCG guest): the same weights under another general.name (so another sha256 and
-another id), the same without a chat template, and a copy cut in half. They are served by real
+another id), the same without a chat template, a copy cut in half, and one whose header claims a
+layer more than it holds (it reads well; the engine cannot load it). They are served by real
 nginx (byte ranges, a throttled path to interrupt a download), which a VM reaches through its
 user-mode network's gateway (10.0.2.2 is this machine's loopback).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from gguf import GGUFReader
 
 from artifacts.cache import sha256_file
 from vm_fixtures.layout import layout
@@ -30,6 +35,7 @@ from .endpoint import Endpoint, stream_chat
 RENAMED = "smollm2-135m-fetched.gguf"  # the id clients see unless ONEAPP_SLM_MODEL_ID says otherwise
 NO_TEMPLATE = "smollm2-135m-no-template.gguf"
 CUT = "smollm2-135m-cut.gguf"
+UNLOADABLE = "smollm2-135m-unloadable.gguf"
 # Throttled paths (bytes/s): /slow/ lasts long enough to interrupt a download once it has begun,
 # /slowest/ outlasts a TCG guest's boot (the first-boot notice is looked for while it runs).
 RATES = {"slow": "2m", "slowest": "384k"}
@@ -46,7 +52,8 @@ class ModelFiles:
 
 
 def derive_models(baked: Path, folder: Path) -> ModelFiles:
-    """The baked model renamed, the same without a chat template, and the renamed one cut in half."""
+    """The baked model renamed, the same without a chat template, the renamed one cut in half, and
+    the renamed one with a layer too many."""
     folder.mkdir(parents=True, exist_ok=True)
     new_metadata = [sys.executable, "-m", "gguf.scripts.gguf_new_metadata", "--force"]
     for name, extra in ((RENAMED, ["--general-name", "SmolLM2 135M fetched"]),
@@ -58,9 +65,20 @@ def derive_models(baked: Path, folder: Path) -> ModelFiles:
             os.replace(folder / f"{name}.tmp", folder / name)
     whole = (folder / RENAMED).read_bytes()
     (folder / CUT).write_bytes(whole[:len(whole) // 2])
-    sums = {name: sha256_file(folder / name) for name in (RENAMED, NO_TEMPLATE)}
+    with_a_layer_too_many(folder / RENAMED, folder / UNLOADABLE)
+    sums = {name: sha256_file(folder / name) for name in (RENAMED, NO_TEMPLATE, UNLOADABLE)}
     sums[CUT] = sums[RENAMED]
     return ModelFiles(folder, sums)
+
+
+def with_a_layer_too_many(model: Path, dest: Path) -> None:
+    """A copy of `model` whose header claims one block more than its tensors hold: architecture,
+    sizes and chat template read as a servable model's, and the engine fails on the missing tensors."""
+    shutil.copyfile(model, dest)
+    reader = GGUFReader(dest, "r+")
+    blocks = reader.fields[f"{reader.fields['general.architecture'].contents()}.block_count"]
+    blocks.parts[blocks.data[0]][0] += 1  # in place, through the reader's writable map
+    del reader
 
 
 class ModelHost:
@@ -200,6 +218,37 @@ def bad_source_refused(target, changes: dict[str, str], variable: str, reason: s
     assert served_ids(ep) == ids, f"after the refusal: {served_ids(ep)}, before: {ids}"
     assert answer(ep) == said, "the model serving after the refusal answers otherwise than before it"
     return {"refused_with": next(line for line in rejected.splitlines() if variable in line)[:160]}
+
+
+BAD_SOURCES = {  # what the context says -> the variable the refusal names, and what it says
+    # A hash of no file the appliance holds (one it holds is served from its store, whatever the URL).
+    "wrong_hash": (lambda h, a: {"ONEAPP_SLM_MODEL_URL": h.url(RENAMED, a),
+                                 "ONEAPP_SLM_MODEL_SHA256": hashlib.sha256(b"another model").hexdigest()},
+                   "ONEAPP_SLM_MODEL_SHA256", "the file at the URL has sha256"),
+    "unreachable_url": (lambda h, a: {"ONEAPP_SLM_MODEL_URL": h.closed_url(a),
+                                      "ONEAPP_SLM_MODEL_SHA256": h.files.sha256[RENAMED]},
+                        "ONEAPP_SLM_MODEL_URL", "unreachable"),
+    "file_cut_in_half": (lambda h, a: {"ONEAPP_SLM_MODEL_URL": h.url(CUT, a),
+                                       "ONEAPP_SLM_MODEL_SHA256": h.files.sha256[CUT]},
+                         "ONEAPP_SLM_MODEL_SHA256", "the file at the URL has sha256"),
+    "no_chat_template": (lambda h, a: {"ONEAPP_SLM_MODEL_URL": h.url(NO_TEMPLATE, a),
+                                       "ONEAPP_SLM_MODEL_SHA256": h.files.sha256[NO_TEMPLATE]},
+                         "ONEAPP_SLM_MODEL_URL", "no chat template"),
+    # Its header reads as a servable model's; only the engine's trial load finds it broken.
+    "engine_cannot_load": (lambda h, a: {"ONEAPP_SLM_MODEL_URL": h.url(UNLOADABLE, a),
+                                         "ONEAPP_SLM_MODEL_SHA256": h.files.sha256[UNLOADABLE]},
+                           "ONEAPP_SLM_MODEL_URL", "the engine cannot load this model"),
+    # Base64 Jinja with a tag (what validation reads) that does not parse.
+    "template_does_not_parse": (lambda h, a: {"ONEAPP_SLM_MODEL_CHAT_TEMPLATE": base64.b64encode(
+                                    b"{% for message in messages %}{{ message.content }}").decode()},
+                                "ONEAPP_SLM_MODEL_CHAT_TEMPLATE", "the engine cannot use this template"),
+}
+
+
+def bad_case_refused(target, host: ModelHost, address: str, case: str) -> dict:
+    """bad_source_refused for one of BAD_SOURCES."""
+    changes, variable, reason = BAD_SOURCES[case]
+    return bad_source_refused(target, changes(host, address), variable, reason)
 
 
 def download_resumes(target, host: ModelHost, address: str) -> dict:

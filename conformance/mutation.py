@@ -162,6 +162,13 @@ MUTANTS = [
            "    if false; then", "a model with no chat template and no override replaces the one serving"),
     Mutant("fetched_model_not_served", "service.d/appliance.sh", "--model ${SLM_MODEL_FILE} ",
            "--model ${SLM_APP_DIR}/models/model.gguf ", "the built-in model serves under the fetched model's id"),
+    Mutant("model_not_tried_by_the_engine", "service.d/appliance.sh", " || ! validate_fit || ! trial_engine; then",
+           " || ! validate_fit; then", "a model whose header reads well but the engine cannot load replaces the one "
+           "serving: the appliance stops serving"),
+    Mutant("template_not_tried_by_the_engine", "service.d/appliance.sh",
+           '    [ -n "${ONEAPP_SLM_MODEL_URL}${ONEAPP_SLM_MODEL_CHAT_TEMPLATE}" ] || return 0',
+           '    [ -n "${ONEAPP_SLM_MODEL_URL}" ] || return 0',
+           "a chat template the engine cannot parse replaces the built-in model's: the appliance stops serving"),
     Mutant("upstream_host_header_dropped", "templates/proxy.conf", "proxy_set_header Host $host;\n", "",
            "llama-server ignores the Host header: every answer is byte-identical", equivalent=True),
 ]

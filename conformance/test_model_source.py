@@ -9,12 +9,11 @@ booted VM, live as one-context applies a context update (the resume check reboot
 from __future__ import annotations
 
 import base64
-import hashlib
 
 import pytest
 
 from . import model_source
-from .model_source import CUT, NO_TEMPLATE, RENAMED, ModelHost, derive_models
+from .model_source import NO_TEMPLATE, ModelHost, derive_models
 from .support import REPO, not_applicable
 from .targets import capability
 
@@ -55,30 +54,12 @@ def test_chat_template_given_for_a_model_without_one(target, model_host, address
         extra={"ONEAPP_SLM_MODEL_CHAT_TEMPLATE": base64.b64encode(template).decode()}))
 
 
-BAD_SOURCES = {  # what the context says -> the variable the refusal names, and what it says
-    # A hash of no file the appliance holds (one it holds is served from its store, whatever the URL).
-    "wrong_hash": (lambda h, a: {"ONEAPP_SLM_MODEL_URL": h.url(RENAMED, a),
-                                 "ONEAPP_SLM_MODEL_SHA256": hashlib.sha256(b"another model").hexdigest()},
-                   "ONEAPP_SLM_MODEL_SHA256", "the file at the URL has sha256"),
-    "unreachable_url": (lambda h, a: {"ONEAPP_SLM_MODEL_URL": h.closed_url(a),
-                                      "ONEAPP_SLM_MODEL_SHA256": h.files.sha256[RENAMED]},
-                        "ONEAPP_SLM_MODEL_URL", "unreachable"),
-    "file_cut_in_half": (lambda h, a: {"ONEAPP_SLM_MODEL_URL": h.url(CUT, a),
-                                       "ONEAPP_SLM_MODEL_SHA256": h.files.sha256[CUT]},
-                         "ONEAPP_SLM_MODEL_SHA256", "the file at the URL has sha256"),
-    "no_chat_template": (lambda h, a: {"ONEAPP_SLM_MODEL_URL": h.url(NO_TEMPLATE, a),
-                                       "ONEAPP_SLM_MODEL_SHA256": h.files.sha256[NO_TEMPLATE]},
-                         "ONEAPP_SLM_MODEL_URL", "no chat template"),
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_SOURCES))
+@pytest.mark.parametrize("case", list(model_source.BAD_SOURCES))
 @pytest.mark.budget(600)
 def test_bad_model_refused_and_the_last_good_keeps_serving(target, settings, model_host, address, case, record):
     if case != "wrong_hash":
         release_on_vms(target, settings)
-    changes, variable, reason = BAD_SOURCES[case]
-    record(model_source.bad_source_refused(target, changes(model_host, address), variable, reason))
+    record(model_source.bad_case_refused(target, model_host, address, case))
 
 
 @pytest.mark.budget(900)

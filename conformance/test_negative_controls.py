@@ -6,7 +6,6 @@ same check function the suite runs against every target. Only the local target r
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -276,14 +275,11 @@ def test_model_without_tools_is_listed_without_them(settings, endpoint, record):
 # The model-by-URL checks against appliances with the defect each exists to catch (mutants of the
 # mutation run, applied to a copy of appliance/ that a stack of its own configures).
 MODEL_SOURCE_CONTROLS = {
-    "model_hash_not_verified": lambda t, h, a: model_source.bad_source_refused(
-        t, {"ONEAPP_SLM_MODEL_URL": h.url(model_source.RENAMED, a),
-            "ONEAPP_SLM_MODEL_SHA256": hashlib.sha256(b"another model").hexdigest()},
-        "ONEAPP_SLM_MODEL_SHA256", "the file at the URL has sha256"),
-    "model_without_template_accepted": lambda t, h, a: model_source.bad_source_refused(
-        t, {"ONEAPP_SLM_MODEL_URL": h.url(model_source.NO_TEMPLATE, a),
-            "ONEAPP_SLM_MODEL_SHA256": h.files.sha256[model_source.NO_TEMPLATE]},
-        "ONEAPP_SLM_MODEL_URL", "no chat template"),
+    "model_hash_not_verified": lambda t, h, a: model_source.bad_case_refused(t, h, a, "wrong_hash"),
+    "model_without_template_accepted": lambda t, h, a: model_source.bad_case_refused(t, h, a, "no_chat_template"),
+    "model_not_tried_by_the_engine": lambda t, h, a: model_source.bad_case_refused(t, h, a, "engine_cannot_load"),
+    "template_not_tried_by_the_engine": lambda t, h, a: model_source.bad_case_refused(t, h, a,
+                                                                                       "template_does_not_parse"),
     "fetched_model_not_served": model_source.model_by_url_served,
     "download_restarted_not_resumed": model_source.download_resumes,
 }

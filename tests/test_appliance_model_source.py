@@ -8,6 +8,7 @@ downloads, interruptions) is the conformance suite's (conformance/test_model_sou
 from __future__ import annotations
 
 import base64
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from artifacts.cache import sha256_file
+from conformance.model_source import with_a_layer_too_many
 from conformance.stack import LocalStack
 from conformance.support import REPO
 
@@ -178,3 +181,44 @@ def test_built_in_model_reported_and_renamed(stack, artifacts):
     stack.configure()
     env = stack.path("/etc/slm-copilot/engine.env").read_text()
     assert "--alias team-coder " in env and "SLM_MODEL_ID=team-coder\n" in env
+
+
+# -- the engine's trial load: what the header cannot tell -----------------------------------------
+
+def stored(stack: LocalStack, model: Path) -> str:
+    """`model` placed in the store as a verified download of it (configure serves it from there)."""
+    sha = sha256_file(model)
+    store = stack.path("/var/lib/slm-copilot-models")
+    store.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model, store / f"sha256-{sha}.gguf")
+    return sha
+
+
+def test_model_the_engine_cannot_load_refused_and_the_last_good_kept(stack, artifacts, tmp_path):
+    """A GGUF whose header reads well (a layer more than it holds) is refused with the engine's own
+    reason, and the configuration that served stays, byte for byte."""
+    stack.configure()
+    before = stack.path("/etc/slm-copilot/engine.env").read_text()
+    with_a_layer_too_many(artifacts / "model.gguf", tmp_path / "broken.gguf")
+    sha = stored(stack, tmp_path / "broken.gguf")
+    out = refused(stack, {"ONEAPP_SLM_MODEL_URL": URL, "ONEAPP_SLM_MODEL_SHA256": sha})
+    assert "ONEAPP_SLM_MODEL_URL=" in out and "the engine cannot load this model" in out, out
+    assert "tensor 'blk." in out, out  # the engine's reason, not a guess
+    assert stack.path("/etc/slm-copilot/engine.env").read_text() == before
+
+
+def test_chat_template_the_engine_cannot_parse_refused(stack):
+    template = base64.b64encode(b"{% for message in messages %}{{ message.content }}").decode()
+    out = refused(stack, {"ONEAPP_SLM_MODEL_CHAT_TEMPLATE": template})
+    assert "ONEAPP_SLM_MODEL_CHAT_TEMPLATE=" in out and "the engine cannot use this template" in out, out
+    assert "without an error line" not in out and "failed to open" not in out, out  # the engine's reason
+
+
+def test_trial_only_when_the_model_or_template_changes(stack, artifacts):
+    """A reconfiguration that keeps model and template does not load the model a second time."""
+    template = (REPO / "artifacts" / "chat_templates" / "chatml-tools.jinja").read_bytes()
+    stack.context = {"ONEAPP_SLM_MODEL_CHAT_TEMPLATE": base64.b64encode(template).decode()}
+    first = stack.configure().stdout
+    stack.context["ONEAPP_SLM_RATE_LIMIT"] = "20"
+    second = stack.configure().stdout
+    assert "a trial of" in first and "a trial of" not in second, (first, second)

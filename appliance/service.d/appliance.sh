@@ -179,7 +179,7 @@ service_configure() {
     SLM_ERRORS=()
     # The model is fetched only for a context that is valid otherwise, and judged before anything
     # is rendered: a model that cannot serve changes nothing.
-    if ! validate || ! select_model || ! validate_fit; then
+    if ! validate || ! select_model || ! validate_fit || ! trial_engine; then
         report_failure
         return 1
     fi
@@ -495,6 +495,63 @@ select_model() {
         reject ONEAPP_SLM_MODEL_URL "$(url_shown)" "the GGUF carries no chat template: set ONEAPP_SLM_MODEL_CHAT_TEMPLATE (base64 Jinja) or choose a chat model"
     fi
     [ "${#SLM_ERRORS[@]}" -eq 0 ]
+}
+
+# A model or chat template the operator gave is loaded once by the engine itself before it may
+# replace what serves: a GGUF whose header reads well can still lack a tensor or hold a type this
+# engine does not know, and a template can fail to parse; either would leave the appliance not
+# serving after the swap. The trial is small (512 tokens, no warmup, the weights mapped rather than
+# read), runs as the engine's user on a private socket beside the engine that serves, and is skipped
+# when neither the model nor the template changed.
+trial_engine() {
+    [ -n "${ONEAPP_SLM_MODEL_URL}${ONEAPP_SLM_MODEL_CHAT_TEMPLATE}" ] || return 0
+    local dir ctx cache_mb args pid started loaded="" reason
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/slm-copilot-trial.XXXXXX")
+    read -r _ ctx _ _ cache_mb < <(context_plan)
+    render_engine "$dir" "$ctx" "$cache_mb"
+    if [ "$(configured_model_file)" = "$SLM_MODEL_FILE" ] \
+        && [ "$(cat "$dir/chat-template.jinja" 2>/dev/null)" = "$(cat "${SLM_CONF_DIR}/chat-template.jinja" 2>/dev/null)" ]; then
+        rm -rf "$dir"
+        return 0
+    fi
+    # shellcheck source=/dev/null  # rendered just above from validated values
+    args=$(. "$dir/engine.env" && printf '%s' "$SLM_ENGINE_ARGS")
+    args=${args//"${SLM_CONF_DIR}/chat-template.jinja"/"${dir}/chat-template.jinja"}  # not swapped in yet
+    local -a as_engine=()
+    if [ -z "$SLM_ROOT" ]; then
+        chown -R "${SLM_USER}:" "$dir"  # its files too: configure's umask may keep them from others
+        as_engine=(setpriv "--reuid=${SLM_USER}" "--regid=${SLM_USER}" --clear-groups --no-new-privs)
+    fi
+    started=$SECONDS
+    # shellcheck disable=SC2086  # split as the engine's unit splits $SLM_ENGINE_ARGS; later flags win
+    "${as_engine[@]}" timeout "${SLM_ENGINE_LOAD_TIMEOUT:-900}" "${SLM_APP_DIR}/engine/llama-server" $args \
+        --host "$dir/trial.sock" --ctx-size 512 --parallel 1 --cache-ram 0 --threads 1 --no-warmup \
+        > "$dir/log" 2>&1 &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        if curl -fsS -o /dev/null --max-time 5 --unix-socket "$dir/trial.sock" http://trial/health 2>/dev/null; then
+            loaded=1
+            break
+        fi
+        sleep 0.2
+    done
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    if [ -n "$loaded" ]; then
+        msg info "The engine loads ${MODEL_ID} with this configuration (a trial of $((SECONDS - started)) s)"
+        rm -rf "$dir"
+        return 0
+    fi
+    # The engine's first error line, without its timestamp, is the reason an operator can act on.
+    reason=$(grep -m 1 -i -E ' E |error' "$dir/log" | sed 's/^[0-9.]* E *//' | cut -c1-240)
+    [ -n "$reason" ] || reason="it stopped after $((SECONDS - started)) s without an error line"
+    rm -rf "$dir"
+    if [ -n "$ONEAPP_SLM_MODEL_CHAT_TEMPLATE" ] && { [ -z "$ONEAPP_SLM_MODEL_URL" ] || [[ "$reason" == *template* ]]; }; then
+        reject ONEAPP_SLM_MODEL_CHAT_TEMPLATE "(${#ONEAPP_SLM_MODEL_CHAT_TEMPLATE} chars)" "the engine cannot use this template (${reason}): check it against the model's own, in llama.cpp's Jinja"
+    else
+        reject ONEAPP_SLM_MODEL_URL "$(url_shown)" "the engine cannot load this model (${reason}): choose a GGUF this engine ($("${SLM_APP_DIR}/engine/llama-server" --version 2>&1 | sed -n 's/^version: .*(build \([0-9]*\).*/llama.cpp b\1/p')) loads"
+    fi
+    return 1
 }
 
 # The header's facts as MODEL_* variables (read as data, never sourced: the header is not ours).
