@@ -75,7 +75,7 @@ def pytest_configure(config):
     """Target, CPU models and url settings resolved once, by the conformance settings."""
     settings = Settings.load(defaults={"target": "local"}, target=config.getoption("--bench-target"))
     config.stash[SETTINGS] = settings
-    config.stash[RESULTS] = {"target": settings.target}
+    config.stash[RESULTS] = {"target": settings.target, "workload": config.getoption("--workload")}
     config.stash[ITL] = []
     config.stash[GATE_ROWS] = []
 
@@ -97,6 +97,23 @@ def describe_machine(results: dict) -> dict:
 @pytest.fixture(scope="session")
 def gate_rows(request) -> list:
     return request.config.stash[GATE_ROWS]
+
+
+def regression_gate(settings, results: dict, gate_rows: list) -> None:
+    """A workload's last test: this run against this host's baseline (every rule), or another host's
+    (the portable ratios only); fails naming every rule that broke. No baseline is no failure."""
+    key = gate.host_key(results, settings.target, settings.url)
+    own, portable = gate.load(key), gate.any_of_target(settings.target, results["workload"])
+    if own is None and portable is None:
+        pytest.skip(f"not applicable: no {results['workload']} baseline for the {settings.target} target")
+    ok, rows = gate.compare(results, own, portable)
+    gate_rows[:] = rows
+    if own is None:
+        print(f"benchmark: no baseline for host {key}: absolute figures reported, not judged "
+              "(--save-baseline to keep this run as its baseline)")
+    broken = [f"{r['metric']}: {r['current']} against {r['baseline']} (limit {r['limit']})" for r in rows
+              if r["verdict"] == "REGRESSION"]
+    assert ok, "regression:\n" + "\n".join(broken) + "\n\n" + gate.table(rows)
 
 
 @pytest.fixture(scope="session")
@@ -202,7 +219,7 @@ def baseline_stack(local_stack):
 def pytest_sessionfinish(session):
     config = session.config
     results = config.stash[RESULTS]
-    if len(results) <= 1:
+    if len(results) <= 2:  # target and workload: nothing ran
         return
     info = describe_machine(results)
     settings = config.stash[SETTINGS]

@@ -21,7 +21,7 @@ from conformance.clients import install_package, served_model
 from conformance.endpoint import Endpoint
 
 from .measure import percentiles
-from .sessions import Session, Shape, pooled_itl, think_times
+from .sessions import ClineSession, Shape, pooled_itl, think_times
 
 AIPERF = "aiperf==0.13.0 gguf==0.19.0"  # gguf: the tokenizer is read from the model file
 
@@ -33,7 +33,7 @@ def dataset(developers: int, shape: Shape, seed_base: int) -> list[dict]:
     records = []
     for d in range(developers):
         seed = seed_base + d
-        session, pauses = Session(seed=seed, shape=shape), think_times(seed, shape)
+        session, pauses = ClineSession(seed=seed, shape=shape), think_times(seed, shape)
         users = [session.messages[1]["content"]]
         for k in range(1, shape.turns):
             session.next_turn("", k)

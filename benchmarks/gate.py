@@ -2,7 +2,8 @@
 ratio are properties of the hardware: they are compared only with a baseline taken on the same kind
 of host (benchmarks/baselines/<host key>.json). Ratios measured within one run that the hardware
 does not set (the proxy against the engine directly) are compared with any baseline of the target.
-A host with no baseline of its own gets rows that say so, never a failure."""
+A host with no baseline of its own gets rows that say so, never a failure. Each workload has its
+rules and its baselines (the sessions workload's files end in -sessions.json)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class Rule:
     kind: str  # 'ratio': fails below baseline - threshold; 'min': below baseline x threshold; 'max': above it
     threshold: float
     portable: bool  # hardware-independent: compared across hosts
+    workload: str = "throughput"  # the --workload whose results hold it
 
 
 RULES = [
@@ -34,17 +36,31 @@ RULES = [
     Rule("decode tok/s (c=1)", ("single", "client_decode_tps", "p50"), "min", 0.5, False),
     Rule("TTFT s (c=1)", ("single", "ttft_s", "p50"), "max", 2.5, False),
     Rule("aggregate tok/s (c=4)", ("concurrency", "4", "aggregate_tps"), "min", 0.5, False),
+    # Sessions: the in-run ratio against llama-server's defaults and the cache's share of warm prompts
+    # are the appliance's doing on any host; times and goodput are the host's.
+    Rule("sessions: appliance/defaults warm TTFT, 1 developer",
+         ("sessions_anchor", "1", "appliance_vs_defaults", "warm_ttft"), "min", 0.7, True, "sessions"),
+    Rule("sessions: cache hit ratio, 2 developers", ("sessions", "2", "cache_hit_ratio"), "ratio", 0.05, True,
+         "sessions"),
+    Rule("sessions: Continue's cache hit ratio", ("session_kinds", "continue", "cache_hit_ratio"), "ratio", 0.05,
+         True, "sessions"),
+    Rule("sessions: warm TTFT p50 s, 2 developers", ("sessions", "2", "warm_ttft_s", "p50"), "max", 2.5, False,
+         "sessions"),
+    Rule("sessions: goodput share, 2 developers", ("sessions", "2", "goodput", "share"), "ratio", 0.2, False,
+         "sessions"),
 ]
 
 
 def host_key(results: dict, target: str, url: str = "") -> str:
     """What names a kind of host: the target, the CPU's name, its cores and the best engine variant
     it loads (its ISA level). A url target is keyed by the appliance's host, not this machine."""
+    workload = results.get("workload", "throughput")
+    suffix = "" if workload == "throughput" else f"-{workload}"
     if target == "url":
-        return f"url-{_slug(urlsplit(url).netloc)}"
+        return f"url-{_slug(urlsplit(url).netloc)}{suffix}"
     m = results.get("machine") or {}
     return "-".join([target, _slug(m.get("model") or "unknown-cpu"), f"{m.get('cores')}c",
-                     (results.get("engine_variant") or "unknown").replace(",", "+")])
+                     (results.get("engine_variant") or "unknown").replace(",", "+")]) + suffix
 
 
 def _slug(text: str) -> str:
@@ -67,10 +83,12 @@ def save(key: str, results: dict) -> Path:
     return path
 
 
-def any_of_target(target: str) -> dict | None:
-    """A baseline of this target from any host (for the portable rules), the newest file first."""
+def any_of_target(target: str, workload: str = "throughput") -> dict | None:
+    """A baseline of this target and workload from any host (for the portable rules), the newest first."""
     for path in sorted(BASELINES.glob(f"{target}-*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
-        return json.loads(path.read_text())
+        baseline = json.loads(path.read_text())
+        if baseline.get("workload", "throughput") == workload:
+            return baseline
     return None
 
 
@@ -95,7 +113,7 @@ def compare(current: dict, own: dict | None, portable: dict | None = None) -> tu
     """`own`: this host's baseline (every rule); `portable`: another host's (portable rules only)."""
     differs = host_differs(own, current) if own else None
     rows, ok = [], True
-    for rule in RULES:
+    for rule in (r for r in RULES if r.workload == current.get("workload", "throughput")):
         baseline, source = own, (own or {}).get("host_key", "this host")
         if differs and not rule.portable:
             rows.append(_row(rule, None, lookup(current, rule.path), f"not compared: {differs}"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from conformance.endpoint import Endpoint, stream_chat
@@ -106,3 +108,27 @@ def run_at_once(jobs: list) -> float:
     for t in threads:
         t.join()
     return time.monotonic() - t0
+
+
+@contextmanager
+def sampled(read: Callable[[], float | None], interval: float) -> Iterator[list[tuple[float, float]]]:
+    """`read()` every `interval` seconds, in a thread, while the block runs: (seconds since its start,
+    value) pairs; a None (nothing to read) is left out."""
+    samples: list[tuple[float, float]] = []
+    stop, t0 = threading.Event(), time.monotonic()
+
+    def loop() -> None:
+        while True:
+            value = read()
+            if value is not None:
+                samples.append((round(time.monotonic() - t0, 1), value))
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()

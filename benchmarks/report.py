@@ -49,6 +49,9 @@ def write(results: dict, gate_rows: list[dict], out: Path, itl_samples: list[flo
         plt.close(fig)
     if results.get("sessions") and sessions_plot(results["sessions"], out / "sessions_ttft.png"):
         plots.append("sessions_ttft.png")
+    runs = [*(results.get("sessions") or {}).values(), *(results.get("session_kinds") or {}).values()]
+    if rss_plot(runs, out / "sessions_rss.png"):
+        plots.append("sessions_rss.png")
     entries = history.read(past)
     if entries and history.plot(entries, out / "history.png"):
         plots.append("history.png")
@@ -76,13 +79,41 @@ def sessions_plot(runs: dict, path: Path) -> bool:
     return True
 
 
-def sessions_table(runs: dict, anchor: dict | None = None) -> list[str]:
+def rss_plot(runs: list[dict], path: Path) -> bool:
+    """The engine's resident memory through each replay, against the budget configure gave it."""
+    runs = [r for r in runs if (r.get("engine_rss_mib") or {}).get("samples")]
+    if not runs:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for r in runs:
+        t, mib = zip(*r["engine_rss_mib"]["samples"], strict=True)
+        ax.plot(t, mib, label=f"{r.get('kind', 'cline')}, {r['developers']} developer(s)")
+    budget = next((r["engine_rss_mib"]["budget"] for r in runs if r["engine_rss_mib"].get("budget")), None)
+    peak = max(r["engine_rss_mib"]["peak"] for r in runs)
+    if budget and budget <= 2 * peak:  # drawn where it would not flatten the curves to the axis
+        ax.axhline(budget, color="red", linestyle="--", label=f"budget {budget} MiB")
+    ax.set(xlabel="seconds into the replay", ylabel="engine RSS (MiB)",
+           title=f"Engine memory during the sessions (budget {budget or '?'} MiB)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def sessions_table(runs: dict, anchor: dict | None = None, kinds: dict | None = None) -> list[str]:
     lines = ["## Agentic sessions", "", "Figures named as the field names them (TTFT, ITL, TPOT, E2EL). A warm "
              "turn's excess is the prompt tokens it computed over those it added (1.0 is ideal; the gate allows "
              "1.05). A cold turn is a session's first: its system prompt may be cached by another session, as "
              "in a team. Crosstalk: of the developers' last answers under load, how many equal the same request "
              "sent alone at temperature 0.", ""]
     lines += session_rows(runs)
+    if kinds:
+        lines += ["", "### Other clients' sessions", "", "Continue (native tools in every request, `tool` "
+                  "messages) and aider (its chat files re-sent after the history each turn, so its warm turns "
+                  "recompute them: reported, not gated), same shape. Goodput: the share of turns meeting every "
+                  f"target ({goodput_targets(kinds)}).", ""]
+        lines += session_rows(kinds)
     if anchor:
         lines += ["", "### Against llama-server's defaults", "", "The same replay, in the same run, against the "
                   "same engine and model with none of the appliance's settings (no proxy either): "
@@ -98,18 +129,27 @@ def sessions_table(runs: dict, anchor: dict | None = None) -> list[str]:
 
 
 def session_rows(runs: dict) -> list[str]:
-    lines = ["| developers | engine slots | turns | TTFT cold p50 s | TTFT warm p50 s | TTFT warm p99 s | ITL p50 s | "
-             "E2EL p50 s | cache hit ratio | worst warm excess | output tok/s | wall s | crosstalk | failed sessions |",
-             "|---" * 14 + "|"]
-    for count, r in sorted(runs.items(), key=lambda kv: int(kv[0])):
+    lines = ["| client | developers | engine slots | turns | TTFT cold p50 s | TTFT warm p50 s | TTFT warm p99 s | "
+             "ITL p50 s | E2EL p50 s | cache hit ratio | worst warm excess | goodput | output tok/s | wall s | "
+             "engine RSS peak MiB (budget) | crosstalk | failed sessions |", "|---" * 17 + "|"]
+    for r in sorted(runs.values(), key=lambda r: (r.get("kind", "cline"), r["developers"])):
         same = sum(1 for x in r.get("crosstalk", []) if x["identical"])
-        lines.append(f"| {count} | {r.get('slots') or '?'} | {len(r['turns'])} | {_fmt(r['cold_ttft_s'].get('p50'))} | "
+        good = (r.get("goodput") or {}).get("share")
+        rss = r.get("engine_rss_mib") or {}
+        lines.append(f"| {r.get('kind', 'cline')} | {r['developers']} | {r.get('slots') or '?'} | {len(r['turns'])} | "
+                     f"{_fmt(r['cold_ttft_s'].get('p50'))} | "
                      f"{_fmt(r['warm_ttft_s'].get('p50'))} | {_fmt(r['warm_ttft_s'].get('p99'))} | "
                      f"{_fmt(r['itl_s'].get('p50'))} | {_fmt(r['e2el_s'].get('p50'))} | {_fmt(r['cache_hit_ratio'])} | "
-                     f"{_fmt(r['worst_warm_excess'])} | {_fmt(r['output_tps'])} | {_fmt(r['wall_s'])} | "
+                     f"{_fmt(r['worst_warm_excess'])} | {_fmt(good)} | {_fmt(r['output_tps'])} | {_fmt(r['wall_s'])} | "
+                     f"{_fmt(rss.get('peak'))} ({_fmt(rss.get('budget'))}) | "
                      f"{same} of {len(r.get('crosstalk', []))} identical | {len(r.get('errors', []))}"
                      f"{': ' + r['errors'][0][:90] if r.get('errors') else ''} |")
     return lines
+
+
+def goodput_targets(runs: dict) -> str:
+    slo = next((r["goodput"]["slo"] for r in runs.values() if r.get("goodput")), {})
+    return ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} at most {v} s" for k, v in slo.items())
 
 
 def aiperf_table(check: dict) -> list[str]:
@@ -191,7 +231,7 @@ def markdown(results: dict, gate_rows: list[dict], plots: list[str]) -> str:
                          f"{_fmt(v['engine_prompt_tps'])} |")
         lines.append("")
     if results.get("sessions"):
-        lines += sessions_table(results["sessions"], results.get("sessions_anchor"))
+        lines += sessions_table(results["sessions"], results.get("sessions_anchor"), results.get("session_kinds"))
     if results.get("aiperf"):
         lines += aiperf_table(results["aiperf"])
     if results.get("tuning"):

@@ -1,10 +1,18 @@
 """Agentic coding sessions, generated and replayed: the workload the appliance exists for.
 
-A Cline-style session is a long system prompt (tool descriptions, rules, environment) sent with
-every request, and turns that each add a tool result (file contents) to the history together with
-the model's own previous answer. On a CPU the prompt is the slow part, so what matters is that a
-warm turn computes only what is new. Everything is generated from a seed (no downloaded data);
-`Shape` scales it so a TCG guest gets a small version and a native run the full one.
+Three clients' sessions, as each builds its requests (KINDS):
+- Cline: a long system prompt (tool descriptions in XML, rules, environment) sent with every
+  request; each turn adds the model's previous answer and a tool result (file contents).
+- Continue (agent mode): a short system message and native `tools` (JSON schemas, its built-in
+  tools and a team's MCP servers') in every request; each turn adds the answer with its tool call
+  and the tool's result as a `tool` message.
+- aider: its edit-format instructions, a repository map, the history, then the files added to
+  the chat, re-sent after the history on every request (aider's own order), then the new request.
+  So an aider turn recomputes the chat files and the last exchange whatever the engine caches: its
+  excess is reported, not gated.
+On a CPU the prompt is the slow part, so what matters is that a warm turn computes only what is new.
+Everything is generated from a seed (no downloaded data); `Shape` scales it so a TCG guest gets a
+small version and a native run the full one.
 
 Several developers replay their own sessions at once, each with think time between turns, and every
 turn is measured from the client (TTFT, ITL, end-to-end) and from the engine's own timings (prompt
@@ -14,16 +22,22 @@ alone: at temperature 0 its answer must be the one it got under load (no streams
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from typing import ClassVar
 
 from conformance.endpoint import Endpoint, stream_chat
 
 from .measure import percentiles, run_at_once
 
+# The targets a turn must meet to count as good (goodput, as AIPerf defines it: the requests per second
+# that meet every target): a warm turn's first token within 5 s, a cold one's before Cline gives up on
+# a request (5 minutes), and decode at least at reading speed (5 tokens/s: TPOT 0.2 s).
+SLO = {"warm_ttft_s": 5.0, "cold_ttft_s": 300.0, "tpot_s": 0.2}
 CHARS_PER_TOKEN = 3.6  # SmolLM2's tokenizer on this English and Python mix (measured: prompt_tokens)
 TOOLS = ("read_file", "write_to_file", "replace_in_file", "search_files", "list_files", "list_code_definitions",
          "execute_command", "ask_followup_question", "attempt_completion", "browser_action", "new_task",
@@ -94,11 +108,13 @@ def python_file(rng: random.Random, tokens: int, name: str) -> str:
 
 
 @dataclass
-class Session:
-    """One developer's session: the shared system prompt, a task, then tool results turn by turn."""
+class ClineSession:
+    """One developer's Cline session: the shared system prompt, a task, then tool results turn by turn."""
     seed: int
     shape: Shape
     messages: list[dict] = field(default_factory=list)
+    tools: list[dict] | None = None  # native tools sent with every request (Continue's)
+    gated: ClassVar[bool] = True  # whether a warm turn must compute only what it added (module docstring)
 
     def __post_init__(self):
         self.rng = random.Random(self.seed)
@@ -109,12 +125,139 @@ class Session:
                                                      f"Working Directory (/home/dev/project) Files\n{module}\n"
                                                      "tests/\n</environment_details>"}]
 
-    def next_turn(self, answer: str, turn: int) -> None:
+    def request(self) -> dict:
+        """What the next request sends besides its messages."""
+        return {"tools": self.tools} if self.tools else {}
+
+    def next_turn(self, answer: str, turn: int, calls: list[dict] | None = None) -> None:
         """The model's answer, then the result of the tool it would have called."""
         name = f"src/module_{self.seed}_{turn}.py"
         self.messages += [{"role": "assistant", "content": answer},
                           {"role": "user", "content": f"[read_file for '{name}'] Result:\n"
                                                       + python_file(self.rng, self.shape.turn_tokens, name)}]
+
+
+CONTINUE_TOOLS = ("read_file", "edit_existing_file", "create_new_file", "run_terminal_command", "grep_search",
+                  "file_glob_search", "ls", "view_diff", "read_currently_open_file", "view_subdirectory",
+                  "view_repo_map", "codebase", "fetch_url_content", "search_web", "create_rule_block")
+
+
+def tool_schemas(tokens: int) -> list[dict]:
+    """Continue's built-in tools as OpenAI function schemas, then a team's MCP servers' tools until
+    the schemas hold about `tokens` tokens. The same for every session (same client and servers)."""
+    rng = random.Random(1)
+    tools, size, n = [], 0, 0
+    while True:
+        name = CONTINUE_TOOLS[n] if n < len(CONTINUE_TOOLS) else f"mcp_server{n // 8}_{rng.choice(WORDS)}_{n}"
+        params = rng.sample(WORDS, 3)
+        tool = {"type": "function", "function": {
+            "name": name,
+            "description": f"Use this tool to {name.replace('_', ' ')} in the workspace. Pass the {params[0]} "
+                           f"relative to the root; the {params[1]} is optional and defaults to the {params[2]}.",
+            "parameters": {"type": "object", "required": [params[0]], "properties": {
+                p: {"type": "string", "description": f"The {p} to use: a path, pattern or text as the user "
+                                                     f"wrote it ({'required' if i == 0 else 'optional'})."}
+                for i, p in enumerate(params)}}}}
+        cost = len(json.dumps(tool)) / CHARS_PER_TOKEN
+        if tools and size + cost > tokens:
+            return tools
+        tools.append(tool)
+        size += cost
+        n += 1
+
+
+@dataclass
+class ContinueSession(ClineSession):
+    """One developer's Continue agent session: native tools in every request, tool calls answered
+    with `tool` messages."""
+
+    def __post_init__(self):
+        self.rng = random.Random(self.seed)
+        self.tools = tool_schemas(self.shape.system_tokens)
+        module = f"src/module_{self.seed}.py"
+        self.messages = [{"role": "system", "content": (
+                             "<important_rules>\n  You are in agent mode.\n  Always include the language and "
+                             "file name in the info string when you write code blocks.\n  Use the tools to read "
+                             "files before you edit them.\n</important_rules>")},
+                         {"role": "user", "content": f"The test for {module} fails: the parser drops empty "
+                                                     "fields. Find the cause and fix it."}]
+
+    def next_turn(self, answer: str, turn: int, calls: list[dict] | None = None) -> None:
+        """The answer with its tool calls (the model's own when it made some, as a client sends them
+        back; else the read_file call it would have made), then each tool's result (a file)."""
+        name = f"src/module_{self.seed}_{turn}.py"
+        calls = calls or [{"id": f"call_{self.seed}_{turn}", "type": "function",
+                           "function": {"name": "read_file", "arguments": json.dumps({"filepath": name})}}]
+        self.messages.append({"role": "assistant", "content": answer, "tool_calls": calls})
+        self.messages += [{"role": "tool", "tool_call_id": call["id"],
+                           "content": python_file(self.rng, self.shape.turn_tokens // len(calls), f"{name}:{k}")}
+                          for k, call in enumerate(calls)]
+
+
+@dataclass
+class AiderSession(ClineSession):
+    """One developer's aider session (diff edit format): instructions, the repository map, the history,
+    the files added to the chat (re-sent after the history every turn, edited), the new request."""
+    gated: ClassVar[bool] = False
+
+    def __post_init__(self):
+        self.rng = random.Random(self.seed)
+        half = self.shape.system_tokens // 2
+        self.fixed = [{"role": "system", "content": aider_instructions(half)},
+                      {"role": "user", "content": "Here are summaries of some files present in my git repository.\n"
+                                                  + repo_map(half)},
+                      {"role": "assistant", "content": "Ok, I won't try and edit those files without asking first."}]
+        self.done: list[dict] = []
+        self.file = f"src/module_{self.seed}.py"
+        self.content = python_file(self.rng, self.shape.turn_tokens * 2, self.file)
+        self.ask = f"The parser in {self.file} drops empty fields: fix it."
+        self.compose()
+
+    def compose(self) -> None:
+        self.messages = [*self.fixed, *self.done,
+                         {"role": "user", "content": "I have *added these files to the chat* so you can go ahead "
+                                                     f"and edit them.\n\n{self.file}\n```\n{self.content}\n```"},
+                         {"role": "assistant", "content": "Ok, any changes I propose will be to those files."},
+                         {"role": "user", "content": self.ask}]
+
+    def next_turn(self, answer: str, turn: int, calls: list[dict] | None = None) -> None:
+        """The exchange joins the history; the edit lands in the file; a new request follows."""
+        self.done += [{"role": "user", "content": self.ask}, {"role": "assistant", "content": answer}]
+        self.content += "\n" + python_file(self.rng, self.shape.turn_tokens // 4, f"{self.file} edit {turn}")
+        self.ask = f"Now {self.rng.choice(('add a test for', 'document', 'simplify', 'type-annotate'))} " \
+                   f"the function you changed, step {turn}."
+        self.compose()
+
+
+def aider_instructions(tokens: int) -> str:
+    """aider's diff edit format: the role, the SEARCH/REPLACE rules, worked examples to fill `tokens`."""
+    text = ("Act as an expert software developer.\nAlways use best practices when coding.\nRespect and use "
+            "existing conventions, libraries, etc that are already present in the code base.\n\nEvery *SEARCH/"
+            "REPLACE block* must use this format:\n1. The *FULL* file path alone on a line\n2. The opening fence "
+            "and code language\n3. The start of search block: <<<<<<< SEARCH\n4. A contiguous chunk of lines to "
+            "search for in the existing source code\n5. The dividing line: =======\n6. The lines to replace into "
+            "the source code\n7. The end of the replace block: >>>>>>> REPLACE\n8. The closing fence\n")
+    rng, i = random.Random(2), 0
+    while len(text) < tokens * CHARS_PER_TOKEN:
+        a, b = rng.sample(WORDS, 2)
+        text += (f"\nExample {i}:\nsrc/{a}.py\n```python\n<<<<<<< SEARCH\ndef {a}({b}):\n    return {b}\n=======\n"
+                 f"def {a}({b}=None):\n    return {b} or ''\n>>>>>>> REPLACE\n```\n")
+        i += 1
+    return text
+
+
+def repo_map(tokens: int) -> str:
+    """aider's repository map: files and the signatures in them, about `tokens` tokens; the same for
+    a team working on one repository."""
+    rng, lines, i = random.Random(3), [], 0
+    while len("\n".join(lines)) < tokens * CHARS_PER_TOKEN:
+        lines.append(f"\nsrc/{rng.choice(WORDS)}_{i}.py:")
+        lines += [f"│def {a}_{b}({a}, {b}=None):" for a, b in (rng.sample(WORDS, 2) for _ in range(3))]
+        i += 1
+    return "\n".join(lines)
+
+
+KINDS = {"cline": ClineSession, "continue": ContinueSession, "aider": AiderSession}
 
 
 @dataclass
@@ -143,26 +286,27 @@ class LastRequest:
     """A developer's last request and the answer it streamed under load: the crosstalk check's input."""
     developer: int
     messages: list[dict]
+    extra: dict  # tools, for a client that sends them
     answer: str
 
 
 def run_session(ep: Endpoint, developer: int, seed: int, shape: Shape, t0: float, turns: list[Turn],
-                errors: list[str], last: list[LastRequest]) -> None:
-    session = Session(seed=seed, shape=shape)
+                errors: list[str], last: list[LastRequest], kind: str = "cline") -> None:
+    session = KINDS[kind](seed=seed, shape=shape)
     pauses = think_times(seed, shape)
     previous = 0
     for k in range(shape.turns):
         if k:
             time.sleep(pauses[k - 1])
         started = time.monotonic()
-        s = stream_chat(ep, session.messages, max_tokens=shape.answer_tokens, temperature=0)
+        s = stream_chat(ep, session.messages, max_tokens=shape.answer_tokens, temperature=0, **session.request())
         failed = stream_failure(s)
         if failed:
             errors.append(f"developer {developer} turn {k}: {failed}")
             return
         final = s.chunks[-1]
         timings, usage = final.get("timings") or {}, final["usage"]
-        times = s.content_times
+        times = s.delta_times("content", "tool_calls")  # a turn may answer with a call alone
         answer = s.content
         prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
         turns.append(Turn(developer, k, round(started - t0, 2), (times[0] if times else s.events[-1][0]) - started,
@@ -172,8 +316,8 @@ def run_session(ep: Endpoint, developer: int, seed: int, shape: Shape, t0: float
                           [b - a for a, b in zip(times, times[1:], strict=False)]))
         previous = prompt + completion
         if k == shape.turns - 1:
-            last.append(LastRequest(developer, list(session.messages), answer))
-        session.next_turn(answer, k + 1)
+            last.append(LastRequest(developer, list(session.messages), session.request(), said(s)))
+        session.next_turn(answer, k + 1, s.tool_calls)
 
 
 def think_times(seed: int, shape: Shape) -> list[float]:
@@ -197,7 +341,7 @@ def stream_failure(s) -> str | None:
     return None
 
 
-def replay(ep: Endpoint, developers: int, shape: Shape, seed_base: int | None = None) -> dict:
+def replay(ep: Endpoint, developers: int, shape: Shape, seed_base: int | None = None, kind: str = "cline") -> dict:
     """`developers` sessions at once, each its own; the figures of every turn and of the run.
     Sessions differ from one replay to the next (seeds by developer count unless `seed_base` says),
     so no turn finds its own history cached by an earlier replay; the system prompt may be, as it is
@@ -207,11 +351,17 @@ def replay(ep: Endpoint, developers: int, shape: Shape, seed_base: int | None = 
     errors: list[str] = []
     last: list[LastRequest] = []
     t0 = time.monotonic()
-    wall = run_at_once([partial(run_session, ep, d, seed_base + d, shape, t0, turns, errors, last)
+    wall = run_at_once([partial(run_session, ep, d, seed_base + d, shape, t0, turns, errors, last, kind)
                         for d in range(developers)])
-    return {"developers": developers, "shape": asdict(shape), "wall_s": round(wall, 1), "errors": sorted(errors),
+    return {"developers": developers, "kind": kind, "gated": KINDS[kind].gated, "shape": asdict(shape),
+            "wall_s": round(wall, 1), "errors": sorted(errors),
             "turns": [t.as_dict() for t in sorted(turns, key=lambda t: (t.developer, t.turn))],
             **summary(turns, wall), "crosstalk": crosstalk(ep, last, shape)}
+
+
+def said(s) -> str:
+    """What a streamed answer says: its text and its tool calls (the calls' ids are random per answer)."""
+    return s.content + "".join(f"<call {c['function']['name']} {c['function']['arguments']}>" for c in s.tool_calls)
 
 
 def crosstalk(ep: Endpoint, last: list[LastRequest], shape: Shape) -> list[dict]:
@@ -219,8 +369,8 @@ def crosstalk(ep: Endpoint, last: list[LastRequest], shape: Shape) -> list[dict]
     must be this one, character for character (a stream given another's tokens differs at once)."""
     rows = []
     for req in sorted(last, key=lambda r: r.developer):
-        s = stream_chat(ep, req.messages, max_tokens=shape.answer_tokens, temperature=0)
-        alone = s.content
+        s = stream_chat(ep, req.messages, max_tokens=shape.answer_tokens, temperature=0, **req.extra)
+        alone = said(s)
         same = next((i for i, (a, b) in enumerate(zip(req.answer, alone, strict=False)) if a != b),
                     min(len(req.answer), len(alone)))
         rows.append({"developer": req.developer, "status": s.status,
@@ -251,7 +401,16 @@ def summary(turns: list[Turn], wall: float) -> dict:
         "output_tps": round(sum(t.completion_tokens for t in turns) / wall, 2),
         "request_throughput": round(len(turns) / wall, 3),
         "decode_tps_p50": statistics.median(t.decode_tps for t in turns),
+        "goodput": goodput(turns, wall),
     }
+
+
+def goodput(turns: list[Turn], wall: float) -> dict:
+    """The turns that met every SLO target: how many, their share, and per second (AIPerf's goodput)."""
+    good = sum(1 for t in turns
+               if t.ttft_s <= SLO["warm_ttft_s" if t.turn else "cold_ttft_s"] and t.decode_tps >= 1 / SLO["tpot_s"])
+    return {"slo": SLO, "good_turns": good, "share": round(good / len(turns), 3) if turns else None,
+            "per_s": round(good / wall, 4) if wall else None}
 
 
 def pooled_itl(requests: list[tuple[float, float, int]]) -> float | None:

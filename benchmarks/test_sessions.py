@@ -1,6 +1,7 @@
 """Agentic coding sessions (`--workload sessions`): several developers replaying their own sessions
-at once against the target; per-turn figures, and the gate a warm turn must pass: it computes only
-what it added to the conversation (issue #14's "new tokens plus 5%").
+(Cline's at 1, 2, 4 [, 8] developers; Continue's and aider's at 2) at once against the target;
+per-turn figures, and the gate a warm turn must pass: it computes only what it added to the
+conversation (issue #14's "new tokens plus 5%").
 
 Its negative control: one developer against an engine that picks slots by age alone
 (`--slot-prompt-similarity 0`, the advice of an open llama.cpp pull request): each turn lands on
@@ -16,15 +17,17 @@ test says so."""
 from __future__ import annotations
 
 import shlex
+from functools import partial
 
 import pytest
 
+from conformance import memory
 from conformance.endpoint import Endpoint
 from conformance.support import REPO
 from conformance.targets import Unsupported
 
-from . import cross_check, sessions
-from .conftest import direct, engine_with
+from . import cross_check, measure, sessions
+from .conftest import direct, engine_with, regression_gate
 
 # A warm turn may compute what it added plus 5%, and one token more: the last token of the previous
 # answer was sampled but never fed back, so the engine's cache cannot hold it.
@@ -38,6 +41,8 @@ ANCHOR_KEEPS = ("--host", "--port", "--model", "--alias", "--threads")
 # a ratio inside this band (set from measured run-to-run spread, see the README's figures).
 AGREEMENT = (0.8, 1.25)
 CROSS_CHECK_DEVELOPERS = 1  # two or more interleave prompts and decodes differently run to run
+KIND_DEVELOPERS = 2  # Continue's and aider's sessions: several developers, within the default slots
+RSS_EVERY_S = 2.0  # the engine's memory sampled during a replay (a vm target reads it over SSH)
 
 
 def warm_turns_cached(run: dict) -> None:
@@ -90,8 +95,38 @@ def served_slots(target) -> int | None:
         return None
 
 
+def engine_rss_mib(target) -> float | None:
+    """The engine's resident memory now, where the target shows its process (not a url target)."""
+    try:
+        kib = memory.engine_rss_kib(target)
+    except OSError:  # the process is gone between two samples: the replay's errors will say why
+        return None
+    return round(kib / 1024, 1) if kib else None
+
+
+def replay_watched(target, endpoint, developers: int, shape, **kwargs) -> dict:
+    """A replay with the engine's resident memory sampled through it (every RSS_EVERY_S seconds),
+    and held to the budget configure gave the engine."""
+    with measure.sampled(partial(engine_rss_mib, target), RSS_EVERY_S) as rss:
+        run = sessions.replay(endpoint, developers, shape, **kwargs)
+    try:
+        budget = int(target.configured()["SLM_ENGINE_BUDGET_MB"])
+    except Unsupported:
+        budget = None
+    run["engine_rss_mib"] = {"every_s": RSS_EVERY_S, "samples": rss, "peak": max((v for _, v in rss), default=None),
+                             "budget": budget}
+    return run
+
+
+def within_memory_budget(run: dict) -> None:
+    rss = run["engine_rss_mib"]
+    if rss["peak"] is not None and rss["budget"] is not None:
+        assert rss["peak"] <= rss["budget"], f"the engine's resident memory reached {rss['peak']} MiB, its budget " \
+                                             f"is {rss['budget']} MiB"
+
+
 def test_sessions(target, endpoint, results, shape, developers):
-    run = sessions.replay(endpoint, developers, shape)
+    run = replay_watched(target, endpoint, developers, shape)
     slots = served_slots(target)
     run["slots"] = slots
     results.setdefault("sessions", {})[str(developers)] = run
@@ -101,6 +136,7 @@ def test_sessions(target, endpoint, results, shape, developers):
     figures[f"sessions_{developers}_cache_hit_ratio"] = run["cache_hit_ratio"]
     every_turn_answered(run)
     no_crosstalk(run)
+    within_memory_budget(run)
     if slots is None or developers <= slots:
         warm_turns_cached(run)
         return
@@ -111,6 +147,25 @@ def test_sessions(target, endpoint, results, shape, developers):
                      f"docstring): {e}")
     pytest.fail(f"{developers} developers on {slots} slots now keep their histories: the known limitation "
                 "is gone; gate this count and update the README")
+
+
+@pytest.mark.parametrize("kind", [k for k in sessions.KINDS if k != "cline"])
+def test_other_clients_sessions(target, endpoint, results, shape, kind):
+    """Continue's and aider's sessions, KIND_DEVELOPERS at once: the same figures and checks; the warm
+    turn gate where the client's requests only grow (Continue), aider's excess reported (it re-sends
+    its chat files after the history: sessions.py)."""
+    run = replay_watched(target, endpoint, KIND_DEVELOPERS, shape,
+                         seed_base=2000 + 100 * list(sessions.KINDS).index(kind), kind=kind)
+    run["slots"] = served_slots(target)
+    results.setdefault("session_kinds", {})[kind] = run
+    figures = results.setdefault("session_figures", {})
+    figures[f"sessions_{kind}_warm_ttft_p50_s"] = run["warm_ttft_s"]["p50"]
+    figures[f"sessions_{kind}_cache_hit_ratio"] = run["cache_hit_ratio"]
+    every_turn_answered(run)
+    no_crosstalk(run)
+    within_memory_budget(run)
+    if run["gated"]:
+        warm_turns_cached(run)
 
 
 def test_gate_catches_slots_chosen_by_age(local_stack, shape):
@@ -163,3 +218,8 @@ def test_aiperf_agrees(endpoint, results, settings, shape, tmp_path):
     assert len(ratios) == len(pairs), f"a figure is missing: {pairs}"
     apart = {k: v for k, v in ratios.items() if not AGREEMENT[0] <= v <= AGREEMENT[1]}
     assert not apart, f"AIPerf and the project's replay disagree (AIPerf / ours): {apart}; all: {pairs}"
+
+
+def test_regression_gate(settings, results, machine_context, gate_rows):
+    """Last: the session figures against the baselines (conftest.regression_gate; gate.RULES)."""
+    regression_gate(settings, results, gate_rows)

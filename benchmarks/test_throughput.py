@@ -9,7 +9,7 @@ from conformance.stack import LocalStack
 from conformance.targets import target_class
 
 from . import gate, machine
-from .conftest import SETTINGS, direct, proxied
+from .conftest import SETTINGS, direct, proxied, regression_gate
 from .measure import concurrent, interleaved_ratio, one_request, summarize
 
 MAX_TOKENS = 64
@@ -97,17 +97,5 @@ def test_cpu_models(settings, heavy, results, cpu_model):
 
 
 def test_regression_gate(settings, results, machine_context, gate_rows):
-    """Last: this run against this host's baseline (every rule), or another host's (the portable
-    ratios only); fails naming every rule that broke. No baseline for this host is no failure."""
-    key = gate.host_key(results, settings.target, settings.url)
-    own, portable = gate.load(key), gate.any_of_target(settings.target)
-    if own is None and portable is None:
-        pytest.skip(f"not applicable: no baseline for the {settings.target} target")
-    ok, rows = gate.compare(results, own, portable)
-    gate_rows[:] = rows
-    if own is None:
-        print(f"benchmark: no baseline for host {key}: absolute figures reported, not judged "
-              "(--save-baseline to keep this run as its baseline)")
-    broken = [f"{r['metric']}: {r['current']} against {r['baseline']} (limit {r['limit']})" for r in rows
-              if r["verdict"] == "REGRESSION"]
-    assert ok, "regression:\n" + "\n".join(broken) + "\n\n" + gate.table(rows)
+    """Last: the throughput figures against the baselines (conftest.regression_gate)."""
+    regression_gate(settings, results, gate_rows)

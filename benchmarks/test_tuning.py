@@ -85,7 +85,7 @@ def test_ngram_speculation(local_stack, results, rounds, kind, turn):
 
 @pytest.mark.parametrize("kind", BATCHES)
 def test_batch_size_on_a_cold_prompt(local_stack, results, rounds, kind):
-    session = sessions.Session(seed=3, shape=sessions.SHAPES["ci"])
+    session = sessions.ClineSession(seed=3, shape=sessions.SHAPES["ci"])
     runs = side_by_side(local_stack, BATCHES[kind], session.messages, 1, rounds)
     results.setdefault("tuning", {})[kind] = {
         "flags": BATCHES[kind], "prompt_ratio": ratio(runs, "prompt_tps"), "prompt_n": runs["plain"][0]["prompt_n"],

@@ -134,13 +134,31 @@ class SSEStream:
 
     @property
     def content_times(self) -> list[float]:
+        return self.delta_times("content")
+
+    def delta_times(self, *fields: str) -> list[float]:
+        """Arrival times of the chunks whose delta carries any of `fields` (content, tool_calls)."""
         out = []
         for t, data in self.events:
             if data != "[DONE]":
-                choices = json.loads(data).get("choices") or [{}]
-                if choices[0].get("delta", {}).get("content"):
+                delta = (json.loads(data).get("choices") or [{}])[0].get("delta", {})
+                if any(delta.get(f) for f in fields):
                     out.append(t)
         return out
+
+    @property
+    def tool_calls(self) -> list[dict]:
+        """The calls the stream's tool_calls deltas assemble, as a message's tool_calls list."""
+        calls: dict[int, dict] = {}
+        for chunk in self.chunks:
+            for delta in (chunk.get("choices") or [{}])[0].get("delta", {}).get("tool_calls") or []:
+                call = calls.setdefault(delta["index"], {"id": "", "type": "function",
+                                                         "function": {"name": "", "arguments": ""}})
+                call["id"] = delta.get("id") or call["id"]
+                function = delta.get("function") or {}
+                call["function"]["name"] += function.get("name") or ""
+                call["function"]["arguments"] += function.get("arguments") or ""
+        return [calls[i] for i in sorted(calls)]
 
 
 def stream_events(endpoint: Endpoint, path: str, body: dict, **client_kwargs) -> SSEStream:

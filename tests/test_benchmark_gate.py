@@ -89,3 +89,36 @@ def test_compare_noise_is_not_a_regression():
     """Rounds that disagree (one fast, one slow) leave an interval spanning 1: within noise."""
     v = compare.verdict([80, 80, 80, 80, 80], [60, 100, 75, 95, 70], higher_is_better=True)
     assert v["verdict"] == "same within noise" and v["interval"][0] < 1 < v["interval"][1]
+
+
+# -- the sessions workload's rules ------------------------------------------------------------------
+
+def sessions_run(hit: float = 0.95, vs_defaults: float = 1.0, warm_ttft: float = 0.5, good: float = 1.0) -> dict:
+    return {"workload": "sessions", "target": "local", "machine": BASELINE["machine"],
+            "engine_variant": BASELINE.get("engine_variant"),
+            "sessions": {"2": {"cache_hit_ratio": hit, "warm_ttft_s": {"p50": warm_ttft}, "goodput": {"share": good}}},
+            "sessions_anchor": {"1": {"appliance_vs_defaults": {"warm_ttft": vs_defaults}}},
+            "session_kinds": {"continue": {"cache_hit_ratio": hit}}}
+
+
+def test_sessions_are_keyed_and_judged_apart_from_throughput():
+    run = sessions_run()
+    assert gate.host_key(run, "local") == BASELINE["host_key"] + "-sessions"
+    _, rows = gate.compare(run, sessions_run())
+    assert rows and all(r["metric"].startswith("sessions:") for r in rows)
+    _, rows = gate.compare(BASELINE, BASELINE)
+    assert not any(r["metric"].startswith("sessions:") for r in rows)
+
+
+@pytest.mark.parametrize(("changed", "broken"), [
+    ({"hit": 0.5}, "cache hit ratio"), ({"vs_defaults": 0.5}, "appliance/defaults"),
+    ({"warm_ttft": 5.0}, "warm TTFT p50"), ({"good": 0.5}, "goodput")])
+def test_a_session_regression_fails_the_gate(changed, broken):
+    ok, rows = gate.compare(sessions_run(**changed), sessions_run())
+    assert not ok and any(broken in r["metric"] for r in rows if r["verdict"] == "REGRESSION"), gate.table(rows)
+
+
+def test_session_ratios_judged_across_hosts_times_not():
+    ok, rows = gate.compare(sessions_run(warm_ttft=50.0, hit=0.94), None, sessions_run())
+    assert ok, gate.table(rows)
+    assert {r["metric"] for r in rows if r["verdict"] == "ok"} >= {"sessions: cache hit ratio, 2 developers"}

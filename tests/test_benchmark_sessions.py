@@ -4,6 +4,7 @@ appliance's, and the appliance-over-defaults ratios' direction."""
 
 from __future__ import annotations
 
+import json
 import shlex
 
 import httpx
@@ -58,7 +59,7 @@ def test_aiperf_gets_the_sessions_the_replay_sends():
     shape = sessions.SHAPES["ci"]
     records = cross_check.dataset(2, shape, seed_base=700)
     assert [r["session_id"] for r in records] == ["developer-0", "developer-1"]
-    mine = sessions.Session(seed=701, shape=shape)
+    mine = sessions.ClineSession(seed=701, shape=shape)
     turns = records[1]["turns"]
     assert turns[0] == {"role": "system", "text": mine.messages[0]["content"]}
     assert turns[1] == {"text": mine.messages[1]["content"], "output_length": shape.answer_tokens}
@@ -92,3 +93,66 @@ def test_a_complete_stream_is_no_failure():
 ])
 def test_a_turn_that_failed_after_200_is_a_failure(stream, said):
     assert said in sessions.stream_failure(stream)
+
+
+# -- the clients' sessions ------------------------------------------------------------------------
+
+def requests_of(kind: str, shape: sessions.Shape) -> list[tuple[list[dict], dict]]:
+    session = sessions.KINDS[kind](seed=11, shape=shape)
+    out = []
+    for k in range(shape.turns):
+        if k:
+            session.next_turn(f"answer {k}", k)
+        out.append((json.loads(json.dumps(session.messages)), session.request()))
+    return out
+
+
+@pytest.mark.parametrize("kind", [k for k, c in sessions.KINDS.items() if c.gated])
+def test_a_gated_session_only_grows(kind):
+    """What makes a warm turn cacheable: each request is the previous one plus what the turn added
+    (the same extra fields, tools included)."""
+    reqs = requests_of(kind, sessions.SHAPES["ci"])
+    for (before, extra_before), (after, extra_after) in zip(reqs, reqs[1:], strict=False):
+        assert after[:len(before)] == before and len(after) > len(before)
+        assert extra_after == extra_before
+
+
+def test_aider_resends_its_chat_files_after_the_history():
+    """Why aider is not gated: its files move behind the growing history, so a request is no prefix
+    of the next (aider's own order: system, map, history, chat files, request)."""
+    (first, _), (second, _) = requests_of("aider", sessions.SHAPES["ci"])[:2]
+    assert second[:len(first)] != first
+    assert "added these files to the chat" in second[-3]["content"] and second[3]["content"] == first[-1]["content"]
+
+
+@pytest.mark.parametrize("kind", list(sessions.KINDS))
+@pytest.mark.parametrize("shape", list(sessions.SHAPES))
+def test_the_fixed_part_scales_with_the_shape(kind, shape):
+    """System prompt, tool schemas, repository map: about the shape's system tokens (within 25%)."""
+    shape = sessions.SHAPES[shape]
+    messages, extra = requests_of(kind, shape)[0]
+    fixed = sum(len(m["content"]) for m in messages[:-1] if m["role"] != "user" or "summaries" in m["content"])
+    fixed += len(json.dumps(extra.get("tools", [])))
+    if kind == "aider":
+        fixed = len(messages[0]["content"]) + len(messages[1]["content"])
+    assert 0.75 < fixed / sessions.CHARS_PER_TOKEN / shape.system_tokens < 1.25
+
+
+def test_continue_answers_each_tool_call_with_its_result():
+    messages, extra = requests_of("continue", sessions.SHAPES["ci"])[-1]
+    calls = [c["id"] for m in messages if m["role"] == "assistant" for c in m["tool_calls"]]
+    results = [m["tool_call_id"] for m in messages if m["role"] == "tool"]
+    assert calls == results and len(calls) == sessions.SHAPES["ci"].turns - 1
+    names = {t["function"]["name"] for t in extra["tools"]}
+    assert {"read_file", "edit_existing_file"} <= names
+
+
+def turn(k: int, ttft: float, decode_tps: float) -> sessions.Turn:
+    return sessions.Turn(0, k, 0.0, ttft, ttft + 1, 100, 10, 90, 10, 8, decode_tps, [])
+
+
+def test_goodput_counts_turns_that_meet_every_target():
+    slo = sessions.SLO
+    turns = [turn(0, slo["cold_ttft_s"] - 1, 10), turn(1, slo["warm_ttft_s"] - 0.1, 10),
+             turn(2, slo["warm_ttft_s"] + 0.1, 10), turn(3, 1.0, 1 / slo["tpot_s"] - 0.5)]
+    assert sessions.goodput(turns, wall=10.0) == {"slo": slo, "good_turns": 2, "share": 0.5, "per_s": 0.2}
