@@ -505,8 +505,11 @@ select_model() {
 # when neither the model nor the template changed.
 trial_engine() {
     [ -n "${ONEAPP_SLM_MODEL_URL}${ONEAPP_SLM_MODEL_CHAT_TEMPLATE}" ] || return 0
-    local dir ctx cache_mb args pid started loaded="" reason
-    dir=$(mktemp -d "${TMPDIR:-/tmp}/slm-copilot-trial.XXXXXX")
+    local parent=/run/slm-copilot dir ctx cache_mb args pid started loaded="" reason
+    # A scratch root (the local target) would put the socket past the 108 bytes a socket path may have.
+    [ -z "$SLM_ROOT" ] || parent=${TMPDIR:-/tmp}
+    install -d -m 0755 "$parent"
+    dir=$(mktemp -d "${parent}/trial.XXXXXX")
     read -r _ ctx _ _ cache_mb < <(context_plan)
     render_engine "$dir" "$ctx" "$cache_mb"
     if [ "$(configured_model_file)" = "$SLM_MODEL_FILE" ] \
@@ -544,6 +547,9 @@ trial_engine() {
     fi
     # The engine's first error line, without its timestamp, is the reason an operator can act on.
     reason=$(grep -m 1 -i -E ' E |error' "$dir/log" | sed 's/^[0-9.]* E *//' | cut -c1-240)
+    if [ -z "$reason" ] && [ $((SECONDS - started)) -ge "${SLM_ENGINE_LOAD_TIMEOUT:-900}" ]; then
+        reason="it did not load within ${SLM_ENGINE_LOAD_TIMEOUT:-900} s"
+    fi
     [ -n "$reason" ] || reason="it stopped after $((SECONDS - started)) s without an error line"
     rm -rf "$dir"
     if [ -n "$ONEAPP_SLM_MODEL_CHAT_TEMPLATE" ] && { [ -z "$ONEAPP_SLM_MODEL_URL" ] || [[ "$reason" == *template* ]]; }; then
