@@ -6,10 +6,10 @@ Three clients' sessions, as each builds its requests (KINDS):
 - Continue (agent mode): a short system message and native `tools` (JSON schemas, its built-in
   tools and a team's MCP servers') in every request; each turn adds the answer with its tool call
   and the tool's result as a `tool` message.
-- aider: its edit-format instructions, a repository map, the history, then the files added to
-  the chat, re-sent after the history on every request (aider's own order), then the new request.
-  So an aider turn recomputes the chat files and the last exchange whatever the engine caches: its
-  excess is reported, not gated.
+- aider: its edit-format instructions, the files added to the chat, the repository map, the
+  history, then the new request with a reminder of the edit rules (aider's own order). Each answer
+  edits a file, which comes before the map and the history: the next turn recomputes everything
+  from the edit on whatever the engine caches, so its excess is reported, not gated.
 On a CPU the prompt is the slow part, so what matters is that a warm turn computes only what is new.
 Everything is generated from a seed (no downloaded data); `Shape` scales it so a TCG guest gets a
 small version and a native run the full one.
@@ -196,17 +196,16 @@ class ContinueSession(ClineSession):
 
 @dataclass
 class AiderSession(ClineSession):
-    """One developer's aider session (diff edit format): instructions, the repository map, the history,
-    the files added to the chat (re-sent after the history every turn, edited), the new request."""
+    """One developer's aider session (diff edit format), in aider's order (coders/chat_chunks.py):
+    instructions, the files added to the chat, the repository map, the history, the new request
+    with the edit rules' reminder appended. Each answer edits the file, as aider applies it."""
     gated: ClassVar[bool] = False
 
     def __post_init__(self):
         self.rng = random.Random(self.seed)
         half = self.shape.system_tokens // 2
-        self.fixed = [{"role": "system", "content": aider_instructions(half)},
-                      {"role": "user", "content": "Here are summaries of some files present in my git repository.\n"
-                                                  + repo_map(half)},
-                      {"role": "assistant", "content": "Ok, I won't try and edit those files without asking first."}]
+        self.instructions = aider_instructions(half)
+        self.map = repo_map(half)
         self.done: list[dict] = []
         self.file = f"src/module_{self.seed}.py"
         self.content = python_file(self.rng, self.shape.turn_tokens * 2, self.file)
@@ -214,19 +213,33 @@ class AiderSession(ClineSession):
         self.compose()
 
     def compose(self) -> None:
-        self.messages = [*self.fixed, *self.done,
-                         {"role": "user", "content": "I have *added these files to the chat* so you can go ahead "
-                                                     f"and edit them.\n\n{self.file}\n```\n{self.content}\n```"},
-                         {"role": "assistant", "content": "Ok, any changes I propose will be to those files."},
-                         {"role": "user", "content": self.ask}]
+        self.messages = [
+            {"role": "system", "content": self.instructions},
+            {"role": "user", "content": "I have *added these files to the chat* so you can go ahead and edit them."
+                                        f"\n\n{self.file}\n```\n{self.content}\n```"},
+            {"role": "assistant", "content": "Ok, any changes I propose will be to those files."},
+            {"role": "user", "content": f"Here are summaries of some files present in my git repository.\n{self.map}"},
+            {"role": "assistant", "content": "Ok, I won't try and edit those files without asking first."},
+            *self.done,
+            {"role": "user", "content": f"{self.ask}\n\n{AIDER_REMINDER}"}]
 
     def next_turn(self, answer: str, turn: int, calls: list[dict] | None = None) -> None:
-        """The exchange joins the history; the edit lands in the file; a new request follows."""
+        """The exchange joins the history (the request without its reminder); the edit lands in the
+        file, somewhere in its second half; a new request follows."""
         self.done += [{"role": "user", "content": self.ask}, {"role": "assistant", "content": answer}]
-        self.content += "\n" + python_file(self.rng, self.shape.turn_tokens // 4, f"{self.file} edit {turn}")
+        lines = self.content.split("\n")
+        at = self.rng.randrange(len(lines) // 2, len(lines))
+        edit = python_file(self.rng, self.shape.turn_tokens // 4, f"{self.file} edit {turn}").split("\n")[5:]
+        self.content = "\n".join(lines[:at] + edit + lines[at:])
         self.ask = f"Now {self.rng.choice(('add a test for', 'document', 'simplify', 'type-annotate'))} " \
                    f"the function you changed, step {turn}."
         self.compose()
+
+
+AIDER_REMINDER = ("# *SEARCH/REPLACE block* Rules:\nEvery *SEARCH/REPLACE block* must use this format: the file "
+                  "path alone on a line, the opening fence, <<<<<<< SEARCH, the lines to find, =======, the lines to "
+                  "put instead, >>>>>>> REPLACE, the closing fence. Only create *SEARCH/REPLACE blocks* for files "
+                  "that the user has added to the chat!")
 
 
 def aider_instructions(tokens: int) -> str:

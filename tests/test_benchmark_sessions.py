@@ -117,12 +117,14 @@ def test_a_gated_session_only_grows(kind):
         assert extra_after == extra_before
 
 
-def test_aider_resends_its_chat_files_after_the_history():
-    """Why aider is not gated: its files move behind the growing history, so a request is no prefix
-    of the next (aider's own order: system, map, history, chat files, request)."""
+def test_an_aider_edit_changes_what_comes_before_the_history():
+    """Why aider is not gated: the edited file comes before the repository map and the history
+    (aider's order), so a request is no prefix of the next; the map and the instructions stay."""
     (first, _), (second, _) = requests_of("aider", sessions.SHAPES["ci"])[:2]
     assert second[:len(first)] != first
-    assert "added these files to the chat" in second[-3]["content"] and second[3]["content"] == first[-1]["content"]
+    assert second[1]["content"] != first[1]["content"] and "added these files to the chat" in second[1]["content"]
+    assert second[0] == first[0] and second[3] == first[3] and "summaries" in second[3]["content"]
+    assert second[5]["content"] + "\n\n" + sessions.AIDER_REMINDER == first[-1]["content"]  # the history follows
 
 
 @pytest.mark.parametrize("kind", list(sessions.KINDS))
@@ -134,7 +136,7 @@ def test_the_fixed_part_scales_with_the_shape(kind, shape):
     fixed = sum(len(m["content"]) for m in messages[:-1] if m["role"] != "user" or "summaries" in m["content"])
     fixed += len(json.dumps(extra.get("tools", [])))
     if kind == "aider":
-        fixed = len(messages[0]["content"]) + len(messages[1]["content"])
+        fixed = len(messages[0]["content"]) + len(messages[3]["content"])
     assert 0.75 < fixed / sessions.CHARS_PER_TOKEN / shape.system_tokens < 1.25
 
 
