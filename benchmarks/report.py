@@ -110,8 +110,9 @@ def sessions_table(runs: dict, anchor: dict | None = None, kinds: dict | None = 
     lines += session_rows(runs)
     if kinds:
         lines += ["", "### Other clients' sessions", "", "Continue (native tools in every request, `tool` "
-                  "messages) and aider (its chat files re-sent after the history each turn, so its warm turns "
-                  "recompute them: reported, not gated), same shape. Goodput: the share of turns meeting every "
+                  "messages) and aider (an edit changes a chat file, which comes before the repository map and the "
+                  "history, so the next turn recomputes them: reported, not gated), same shape. Goodput: the share "
+                  "of turns meeting every "
                   f"target ({goodput_targets(kinds)}).", ""]
         lines += session_rows(kinds)
     if anchor:

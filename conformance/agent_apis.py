@@ -269,19 +269,14 @@ def tool_calls_chat(ep: Endpoint) -> dict:
         valid_arguments(call["function"]["arguments"], "chat")
     s = stream_events(ep, "/v1/chat/completions", {**body, "stream": True})
     assert s.status == 200, f"streamed chat with tools: HTTP {s.status}: {s.body[:300]}"
-    pieces: dict[int, str] = {}
-    finish = None
-    for chunk in s.chunks:
-        for c in chunk.get("choices") or []:
-            for call in c["delta"].get("tool_calls") or []:
-                piece = call.get("function", {}).get("arguments") or ""
-                pieces[call["index"]] = pieces.get(call["index"], "") + piece
-            finish = c.get("finish_reason") or finish
-    assert pieces, "the stream carried no tool_calls deltas"
-    for index, arguments in pieces.items():
-        valid_arguments(arguments, f"streamed call {index}")
+    streamed = s.tool_calls
+    assert streamed, "the stream carried no tool_calls deltas"
+    for index, call in enumerate(streamed):
+        valid_arguments(call["function"]["arguments"], f"streamed call {index}")
+    finish = next((c["finish_reason"] for chunk in reversed(s.chunks) for c in chunk.get("choices") or []
+                   if c.get("finish_reason")), None)
     assert finish == "tool_calls", f"stream finish_reason {finish!r}"
-    return {"calls": len(calls), "streamed_calls": len(pieces)}
+    return {"calls": len(calls), "streamed_calls": len(streamed)}
 
 
 def models_list_capabilities(ep: Endpoint) -> dict:
