@@ -103,7 +103,7 @@ def regression_gate(settings, results: dict, gate_rows: list) -> None:
     """A workload's last test: this run against this host's baseline (every rule), or another host's
     (the portable ratios only); fails naming every rule that broke. No baseline is no failure."""
     key = gate.host_key(results, settings.target, settings.url)
-    own, portable = gate.load(key), gate.any_of_target(settings.target, results["workload"])
+    own, portable = gate.load(key), gate.any_of_target(settings.target, results)
     if own is None and portable is None:
         pytest.skip(f"not applicable: no {results['workload']} baseline for the {settings.target} target")
     ok, rows = gate.compare(results, own, portable)

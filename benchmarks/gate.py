@@ -55,13 +55,19 @@ RULES = [
 def host_key(results: dict, target: str, url: str = "") -> str:
     """What names a kind of host: the target, the CPU's name, its cores and the best engine variant
     it loads (its ISA level). A url target is keyed by the appliance's host, not this machine."""
-    workload = results.get("workload", "throughput")
-    suffix = "" if workload == "throughput" else f"-{workload}"
+    suffix = "".join(f"-{part}" for part in workload_of(results) if part not in ("throughput", "ci", ""))
     if target == "url":
         return f"url-{_slug(urlsplit(url).netloc)}{suffix}"
     m = results.get("machine") or {}
     return "-".join([target, _slug(m.get("model") or "unknown-cpu"), f"{m.get('cores')}c",
                      (results.get("engine_variant") or "unknown").replace(",", "+")]) + suffix
+
+
+def workload_of(results: dict) -> tuple[str, str]:
+    """The workload and, for sessions, the shape's name: a baseline answers for runs of both alike
+    (a baseline taken before shapes were recorded ran `ci`)."""
+    workload = results.get("workload", "throughput")
+    return workload, (results.get("sessions_shape") or {}).get("name", "ci") if workload == "sessions" else ""
 
 
 def _slug(text: str) -> str:
@@ -84,11 +90,12 @@ def save(key: str, results: dict) -> Path:
     return path
 
 
-def any_of_target(target: str, workload: str = "throughput") -> dict | None:
-    """A baseline of this target and workload from any host (for the portable rules), the newest first."""
+def any_of_target(target: str, results: dict) -> dict | None:
+    """A baseline of this target and workload (and session shape) from any host (for the portable
+    rules), the newest first."""
     for path in sorted(BASELINES.glob(f"{target}-*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         baseline = json.loads(path.read_text())
-        if baseline.get("workload", "throughput") == workload:
+        if workload_of(baseline) == workload_of(results):
             return baseline
     return None
 
@@ -99,6 +106,17 @@ def lookup(results: dict, path: tuple) -> float | None:
             return None
         results = results[key]
     return results
+
+
+def shape_differs(baseline: dict, current: dict) -> str | None:
+    """Why a sessions baseline of the same shape's name ran other sessions (fitted to another served
+    context), or None: its figures would answer for another workload."""
+    old = lookup(baseline, ("sessions_shape", "ran"))
+    now = lookup(current, ("sessions_shape", "ran"))
+    if old and now and old != now:
+        return f"sessions of {now['system_tokens']}+{now['turn_tokens']} tokens against the baseline's " \
+               f"{old['system_tokens']}+{old['turn_tokens']}"
+    return None
 
 
 def host_differs(baseline: dict, current: dict) -> str | None:
@@ -121,6 +139,10 @@ def compare(current: dict, own: dict | None, portable: dict | None = None) -> tu
             continue
         if baseline is None and rule.portable:
             baseline, source = portable, (portable or {}).get("host_key", "another host")
+        shape = shape_differs(baseline, current) if baseline else None
+        if shape:
+            rows.append(_row(rule, None, lookup(current, rule.path), f"not compared: {shape}"))
+            continue
         if baseline is None:
             rows.append(_row(rule, None, lookup(current, rule.path),
                              "no baseline for this host" if not rule.portable else "no baseline"))

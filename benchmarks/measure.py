@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from conformance.endpoint import Endpoint, stream_chat
 
@@ -24,15 +24,20 @@ class Sample:
     client_decode_tps: float  # (tokens - 1) / (last event - first event)
     engine_decode_tps: float  # the engine's predicted_per_second
     engine_prompt_tps: float  # the engine's prompt_per_second
+    text: str = ""  # the answer (temperature 0: what a setting that must not change it is held to)
+    timings: dict = field(default_factory=dict)  # the engine's own, as sent (draft_n with speculation)
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        d.pop("itl_s")
+        for bulky in ("itl_s", "text", "timings"):
+            d.pop(bulky)
         return d
 
 
-def one_request(ep: Endpoint, max_tokens: int, prompt: list[dict] = PROMPT) -> Sample:
-    s = stream_chat(ep, prompt, max_tokens=max_tokens, temperature=0, cache_prompt=False, ignore_eos=True)
+def one_request(ep: Endpoint, max_tokens: int, prompt: list[dict] = PROMPT, ignore_eos: bool = True) -> Sample:
+    """One streamed request at temperature 0, its prompt computed anew (no cache). `ignore_eos`: decode
+    exactly `max_tokens` (throughput), or stop where the model does (what an answer really is)."""
+    s = stream_chat(ep, prompt, max_tokens=max_tokens, temperature=0, cache_prompt=False, ignore_eos=ignore_eos)
     if s.status != 200:
         raise RuntimeError(f"HTTP {s.status}: {s.body[:200]}")
     times = s.content_times
@@ -40,12 +45,13 @@ def one_request(ep: Endpoint, max_tokens: int, prompt: list[dict] = PROMPT) -> S
     timings, usage = last.get("timings") or {}, last.get("usage") or {}
     span = times[-1] - times[0] if len(times) > 1 else float("nan")
     return Sample(
-        ttft_s=times[0] - s.started, e2e_s=s.events[-1][0] - s.started,
+        ttft_s=(times[0] if times else s.events[-1][0]) - s.started, e2e_s=s.events[-1][0] - s.started,
         itl_s=[b - a for a, b in zip(times, times[1:], strict=False)],
         tokens=usage.get("completion_tokens", len(times)), prompt_tokens=usage.get("prompt_tokens", 0),
         client_decode_tps=(len(times) - 1) / span if span else float("nan"),
         engine_decode_tps=timings.get("predicted_per_second", float("nan")),
         engine_prompt_tps=timings.get("prompt_per_second", float("nan")),
+        text=s.content, timings=timings,
     )
 
 
@@ -85,18 +91,23 @@ def summarize(samples: list[Sample]) -> dict:
     return out
 
 
-def interleaved_ratio(a: Endpoint, b: Endpoint, rounds: int, max_tokens: int, metric: str) -> dict:
-    """A/B/A/B in one run: the noise of a busy machine hits both sides alike. Ratio = a / b."""
-    ratios, a_vals, b_vals = [], [], []
-    for _ in range(rounds):
-        va = getattr(one_request(a, max_tokens), metric)
-        vb = getattr(one_request(b, max_tokens), metric)
-        a_vals.append(va)
-        b_vals.append(vb)
-        ratios.append(va / vb)
+def interleaved(a: Endpoint, b: Endpoint, rounds: int, max_tokens: int, prompt: list[dict] = PROMPT,
+                ignore_eos: bool = True) -> list[tuple[Sample, Sample]]:
+    """A/B/A/B in one run: the noise of a busy machine hits both sides alike. (a, b) per round."""
+    return [(one_request(a, max_tokens, prompt, ignore_eos), one_request(b, max_tokens, prompt, ignore_eos))
+            for _ in range(rounds)]
+
+
+def pair_ratio(pairs: list[tuple[Sample, Sample]], metric: str) -> dict:
+    """a / b of `metric`, round by round: its median, range and each side's median."""
+    ratios = [getattr(a, metric) / getattr(b, metric) for a, b in pairs]
     return {"metric": metric, "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
-            "ratio_max": max(ratios), "a_median": statistics.median(a_vals), "b_median": statistics.median(b_vals),
-            "rounds": rounds}
+            "ratio_max": max(ratios), "a_median": statistics.median(getattr(a, metric) for a, _ in pairs),
+            "b_median": statistics.median(getattr(b, metric) for _, b in pairs), "rounds": len(pairs)}
+
+
+def interleaved_ratio(a: Endpoint, b: Endpoint, rounds: int, max_tokens: int, metric: str) -> dict:
+    return pair_ratio(interleaved(a, b, rounds, max_tokens), metric)
 
 
 def run_at_once(jobs: list) -> float:

@@ -101,6 +101,19 @@ def rss_plot(runs: list[dict], path: Path) -> bool:
     return True
 
 
+def shape_line(shape: dict | None) -> list[str]:
+    """Which session shape ran, and how it was fitted to the served context when it did not fit."""
+    if not shape:
+        return []
+    ran, asked = shape["ran"], shape["asked"]
+    said = (f"Shape `{shape['name']}`: a {ran['system_tokens']:,}-token system prompt, {ran['turns']} turns of "
+            f"+{ran['turn_tokens']:,} tokens, answers of up to {ran['answer_tokens']}")
+    if ran != asked:
+        said += (f"; asked for {asked['system_tokens']:,} and +{asked['turn_tokens']:,}, fitted to a slot's share of "
+                 f"the served context ({shape['context']:,} tokens on {shape['slots']} slots)")
+    return [said + ".", ""]
+
+
 def sessions_table(runs: dict, anchor: dict | None = None, kinds: dict | None = None) -> list[str]:
     lines = ["## Agentic sessions", "", "Figures named as the field names them (TTFT, ITL, TPOT, E2EL). A warm "
              "turn's excess is the prompt tokens it computed over those it added (1.0 is ideal; the gate allows "
@@ -233,6 +246,7 @@ def markdown(results: dict, gate_rows: list[dict], plots: list[str]) -> str:
         lines.append("")
     if results.get("sessions"):
         lines += sessions_table(results["sessions"], results.get("sessions_anchor"), results.get("session_kinds"))
+        lines += shape_line(results.get("sessions_shape"))
     if results.get("aiperf"):
         lines += aiperf_table(results["aiperf"])
     if results.get("tuning"):

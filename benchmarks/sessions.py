@@ -26,7 +26,7 @@ import json
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import ClassVar
 
@@ -54,6 +54,12 @@ class Shape:
     answer_tokens: int  # max_tokens per turn (the tiny model's answers are not the point)
     think_s: float  # a developer's pause between an answer and the next request (mean)
 
+
+# What a session's estimate leaves for what it does not count: the chat template's own tokens and the
+# error of CHARS_PER_TOKEN on other text (measured: Cline's full sessions fitted to 4,096 tokens reached
+# 3,764 and aider's 3,862 at turn 5).
+FIT_MARGIN = 0.85
+TEMPLATE_TOKENS = 4  # per message: ChatML's role and delimiters
 
 SHAPES = {
     "ci": Shape(system_tokens=1500, turns=4, turn_tokens=150, answer_tokens=24, think_s=0.5),
@@ -184,14 +190,25 @@ class ContinueSession(ClineSession):
 
     def next_turn(self, answer: str, turn: int, calls: list[dict] | None = None) -> None:
         """The answer with its tool calls (the model's own when it made some, as a client sends them
-        back; else the read_file call it would have made), then each tool's result (a file)."""
+        back; else the read_file call it would have made), then each tool's result (a file). A call cut
+        off at the answer's length has arguments that are not JSON: no client can run it, and the engine
+        answers a history holding one with HTTP 500 (seen in the full shape), so it is left out."""
         name = f"src/module_{self.seed}_{turn}.py"
-        calls = calls or [{"id": f"call_{self.seed}_{turn}", "type": "function",
-                           "function": {"name": "read_file", "arguments": json.dumps({"filepath": name})}}]
+        calls = [c for c in calls or () if parses(c["function"]["arguments"])] or [
+            {"id": f"call_{self.seed}_{turn}", "type": "function",
+             "function": {"name": "read_file", "arguments": json.dumps({"filepath": name})}}]
         self.messages.append({"role": "assistant", "content": answer, "tool_calls": calls})
         self.messages += [{"role": "tool", "tool_call_id": call["id"],
                            "content": python_file(self.rng, self.shape.turn_tokens // len(calls), f"{name}:{k}")}
                           for k, call in enumerate(calls)]
+
+
+def parses(arguments: str) -> bool:
+    try:
+        json.loads(arguments)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -442,3 +459,31 @@ def versus(tuned: dict, anchor: dict) -> dict:
             "e2el": ratio(anchor["e2el_s"].get("p50"), tuned["e2el_s"].get("p50")),
             "cache_hit": ratio(tuned["cache_hit_ratio"], anchor["cache_hit_ratio"]),
             "output_tps": ratio(tuned["output_tps"], anchor["output_tps"])}
+
+
+def session_tokens(kind: str, shape: Shape) -> int:
+    """About how many tokens a whole session of `kind` holds at its last answer: its requests generated
+    with answers of full length, counted at CHARS_PER_TOKEN."""
+    session = KINDS[kind](seed=0, shape=shape)
+    answer = "x" * int(shape.answer_tokens * CHARS_PER_TOKEN)
+    for turn in range(1, shape.turns):
+        session.next_turn(answer, turn)
+    chars = sum(len(m["content"]) + len(json.dumps(m.get("tool_calls", ""))) for m in session.messages)
+    chars += len(json.dumps(session.tools or ""))
+    return int(chars / CHARS_PER_TOKEN) + TEMPLATE_TOKENS * len(session.messages) + shape.answer_tokens
+
+
+def fitted(shape: Shape, tokens: int) -> Shape:
+    """`shape` as far as `tokens` (a slot's share of the served context) holds every client's session:
+    the system prompt and the turns' additions scaled down alike, the turns and answers kept. A
+    session that outgrows its share ends in "context size exceeded", which measures nothing."""
+    room = tokens * FIT_MARGIN
+    for _ in range(8):  # what does not scale (a client's fixed instructions, the answers) takes a few rounds
+        need = max(session_tokens(kind, shape) for kind in KINDS)
+        if need <= room:
+            return shape
+        scale = room / need
+        shape = replace(shape, system_tokens=int(shape.system_tokens * scale),
+                        turn_tokens=int(shape.turn_tokens * scale))
+    raise ValueError(f"{tokens} tokens per slot cannot hold sessions of {shape.turns} answers of "
+                     f"{shape.answer_tokens} tokens: give the appliance more context or fewer slots")

@@ -17,6 +17,7 @@ test says so."""
 from __future__ import annotations
 
 import shlex
+from dataclasses import asdict
 from functools import partial
 
 import pytest
@@ -43,6 +44,7 @@ AGREEMENT = (0.8, 1.25)
 CROSS_CHECK_DEVELOPERS = 1  # two or more interleave prompts and decodes differently run to run
 KIND_DEVELOPERS = 2  # Continue's and aider's sessions: several developers, within the default slots
 RSS_EVERY_S = 2.0  # the engine's memory sampled during a replay (a vm target reads it over SSH)
+APPLIANCE_SLOTS = 2  # ONEAPP_SLM_PARALLEL's default: a url target without SSH does not say its own
 
 
 def warm_turns_cached(run: dict) -> None:
@@ -75,8 +77,18 @@ def engine_defaults(args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def shape(request) -> sessions.Shape:
-    return sessions.SHAPES[request.config.getoption("--sessions-shape")]
+def shape(request, target, endpoint, results) -> sessions.Shape:
+    """The shape asked for, fitted to a slot's share of the context the target serves (the test
+    model's 8,192 tokens on 2 slots cannot hold `full`'s 10,000-token system prompt; the production
+    model's context does). What was asked and what ran are in the report."""
+    name = request.config.getoption("--sessions-shape")
+    with endpoint.client() as client:
+        context = client.get("/v1/models").json()["data"][0]["context_length"]
+    slots = served_slots(target) or APPLIANCE_SLOTS
+    fitted = sessions.fitted(sessions.SHAPES[name], context // slots)
+    results["sessions_shape"] = {"name": name, "asked": asdict(sessions.SHAPES[name]), "ran": asdict(fitted),
+                                 "context": context, "slots": slots}
+    return fitted
 
 
 def developer_counts(config) -> list[int]:

@@ -65,7 +65,7 @@ def test_gate_catches_injected_slowdown(local_stack, results, rounds, tmp_path):
                                         "client_decode_tps")}}
     finally:
         slow.stop()
-    reference = results if "proxy_overhead" in results else (gate.any_of_target("local") or {})
+    reference = results if "proxy_overhead" in results else (gate.any_of_target("local", {}) or {})
     assert gate.lookup(reference, ("proxy_overhead", "decode", "ratio_median")), "run test_proxy_overhead first"
     ok, rows = gate.compare(injected, reference)
     assert not ok, f"the gate passed an injected slowdown:\n{gate.table(rows)}"

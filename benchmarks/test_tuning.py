@@ -15,9 +15,7 @@ import statistics
 
 import pytest
 
-from conformance.endpoint import Endpoint, stream_chat
-
-from . import sessions
+from . import measure, sessions
 from .conftest import direct, engine_with
 
 SPECULATION = {  # the pinned engine's draft-model-free kinds (common/speculative.cpp)
@@ -37,28 +35,16 @@ def code_edit(tokens: int) -> list[dict]:
                                         f"output the whole file:\n```python\n{source}\n```"}]
 
 
-def measured(ep: Endpoint, messages: list[dict], max_tokens: int) -> dict:
-    s = stream_chat(ep, messages, max_tokens=max_tokens, temperature=0, cache_prompt=False)
-    assert s.status == 200, f"HTTP {s.status}: {s.body[:200]}"
-    timings = s.chunks[-1].get("timings") or {}
-    return {"text": s.content, "decode_tps": timings.get("predicted_per_second"),
-            "prompt_tps": timings.get("prompt_per_second"), "prompt_n": timings.get("prompt_n"),
-            "draft_n": timings.get("draft_n"), "draft_accepted": timings.get("draft_n_accepted")}
-
-
 def side_by_side(local_stack, flags: str, messages: list[dict], max_tokens: int, rounds: int) -> dict:
-    """The appliance's engine as configured and the same with `flags`, A/B/A/B."""
-    runs = {"plain": [], "tuned": []}
-    with engine_with(local_stack, lambda a: a) as plain, engine_with(local_stack, lambda a: f"{a} {flags}") as tuned:
-        for _ in range(rounds):
-            runs["plain"].append(measured(direct(plain), messages, max_tokens))
-            runs["tuned"].append(measured(direct(tuned), messages, max_tokens))
-    return runs
+    """The same engine with `flags` and as the appliance configures it, interleaved; each answer ends
+    where the model ends it (an edit's speed-up is in the file it repeats, not in what follows)."""
+    with engine_with(local_stack, lambda a: f"{a} {flags}") as tuned, engine_with(local_stack, lambda a: a) as plain:
+        pairs = measure.interleaved(direct(tuned), direct(plain), rounds, max_tokens, messages, ignore_eos=False)
+    return {"pairs": pairs, "tuned": [t for t, _ in pairs], "plain": [p for _, p in pairs]}
 
 
-def ratio(runs: dict, figure: str) -> float:
-    return round(statistics.median(t[figure] / p[figure] for p, t in zip(runs["plain"], runs["tuned"],
-                                                                            strict=True)), 3)
+def ratio(runs: dict, metric: str) -> float:
+    return round(measure.pair_ratio(runs["pairs"], metric)["ratio_median"], 3)
 
 
 FRESH = [{"role": "user", "content": "Explain, in plain prose, three trade-offs between threads and processes "
@@ -71,12 +57,12 @@ def test_ngram_speculation(local_stack, results, rounds, kind, turn):
     """Faster where the answer repeats its input, and never slower where it does not."""
     messages = code_edit(EDIT_TOKENS * 2) if turn == "code-edit" else FRESH
     runs = side_by_side(local_stack, SPECULATION[kind], messages, EDIT_TOKENS, rounds)
-    tuned = runs["tuned"][-1]
-    row = {"flags": SPECULATION[kind], "decode_ratio": ratio(runs, "decode_tps"),
-           "plain_decode_tps": statistics.median(r["decode_tps"] for r in runs["plain"]),
-           "tuned_decode_tps": statistics.median(r["decode_tps"] for r in runs["tuned"]),
-           "draft_n": tuned["draft_n"], "draft_accepted": tuned["draft_accepted"],
-           "identical": all(p["text"] == t["text"] for p, t in zip(runs["plain"], runs["tuned"], strict=True)),
+    timings = runs["tuned"][-1].timings
+    row = {"flags": SPECULATION[kind], "decode_ratio": ratio(runs, "engine_decode_tps"),
+           "plain_decode_tps": statistics.median(r.engine_decode_tps for r in runs["plain"]),
+           "tuned_decode_tps": statistics.median(r.engine_decode_tps for r in runs["tuned"]),
+           "draft_n": timings.get("draft_n"), "draft_accepted": timings.get("draft_n_accepted"),
+           "identical": all(t.text == p.text for t, p in runs["pairs"]),
            "rounds": rounds}
     row["verdict"] = ("changes the answer at temperature 0" if not row["identical"] else
                       "faster" if row["decode_ratio"] >= 1.05 else "no faster")
@@ -88,8 +74,9 @@ def test_batch_size_on_a_cold_prompt(local_stack, results, rounds, kind):
     session = sessions.ClineSession(seed=3, shape=sessions.SHAPES["ci"])
     runs = side_by_side(local_stack, BATCHES[kind], session.messages, 1, rounds)
     results.setdefault("tuning", {})[kind] = {
-        "flags": BATCHES[kind], "prompt_ratio": ratio(runs, "prompt_tps"), "prompt_n": runs["plain"][0]["prompt_n"],
-        "plain_prompt_tps": statistics.median(r["prompt_tps"] for r in runs["plain"]),
-        "tuned_prompt_tps": statistics.median(r["prompt_tps"] for r in runs["tuned"]), "rounds": rounds}
+        "flags": BATCHES[kind], "prompt_ratio": ratio(runs, "engine_prompt_tps"),
+        "prompt_n": runs["plain"][0].prompt_tokens,
+        "plain_prompt_tps": statistics.median(r.engine_prompt_tps for r in runs["plain"]),
+        "tuned_prompt_tps": statistics.median(r.engine_prompt_tps for r in runs["tuned"]), "rounds": rounds}
     row = results["tuning"][kind]
     row["verdict"] = "faster" if row["prompt_ratio"] >= 1.05 else "no faster"

@@ -123,3 +123,17 @@ def test_session_ratios_judged_across_hosts_times_not():
     ok, rows = gate.compare(sessions_run(warm_ttft=50.0, hit=0.94), None, sessions_run())
     assert ok, gate.table(rows)
     assert {r["metric"] for r in rows if r["verdict"] == "ok"} >= {"sessions: cache hit ratio, 2 developers"}
+
+
+def shaped(run: dict, name: str, system_tokens: int) -> dict:
+    return {**run, "sessions_shape": {"name": name, "ran": {"system_tokens": system_tokens, "turn_tokens": 100}}}
+
+
+def test_each_session_shape_has_its_own_baseline():
+    assert gate.host_key(shaped(sessions_run(), "full", 1910), "local") == BASELINE["host_key"] + "-sessions-full"
+    assert gate.host_key(shaped(sessions_run(), "ci", 1500), "local") == BASELINE["host_key"] + "-sessions"
+
+
+def test_sessions_fitted_otherwise_than_the_baselines_are_not_judged():
+    ok, rows = gate.compare(shaped(sessions_run(hit=0.1), "full", 1910), shaped(sessions_run(), "full", 4000))
+    assert ok and all(r["verdict"].startswith("not compared: sessions of 1910+100") for r in rows), gate.table(rows)

@@ -149,6 +149,17 @@ def test_continue_answers_each_tool_call_with_its_result():
     assert {"read_file", "edit_existing_file"} <= names
 
 
+def test_continue_sends_back_only_the_calls_a_client_can_run():
+    session = sessions.ContinueSession(seed=1, shape=sessions.SHAPES["ci"])
+    whole = {"id": "call_a", "type": "function", "function": {"name": "ls", "arguments": '{"dirPath": "src"}'}}
+    cut = {"id": "call_b", "type": "function", "function": {"name": "read_file", "arguments": '{"filepath": "src/'}}
+    session.next_turn("", 1, [whole, cut])
+    assert session.messages[-2]["tool_calls"] == [whole] and session.messages[-1]["tool_call_id"] == "call_a"
+    session.next_turn("", 2, [cut])
+    assert [c["function"]["name"] for c in session.messages[-2]["tool_calls"]] == ["read_file"]
+    assert json.loads(session.messages[-2]["tool_calls"][0]["function"]["arguments"])
+
+
 def turn(k: int, ttft: float, decode_tps: float) -> sessions.Turn:
     return sessions.Turn(0, k, 0.0, ttft, ttft + 1, 100, 10, 90, 10, 8, decode_tps, [])
 
@@ -158,3 +169,27 @@ def test_goodput_counts_turns_that_meet_every_target():
     turns = [turn(0, slo["cold_ttft_s"] - 1, 10), turn(1, slo["warm_ttft_s"] - 0.1, 10),
              turn(2, slo["warm_ttft_s"] + 0.1, 10), turn(3, 1.0, 1 / slo["tpot_s"] - 0.5)]
     assert sessions.goodput(turns, wall=10.0) == {"slo": slo, "good_turns": 2, "share": 0.5, "per_s": 0.2}
+
+
+def test_a_shape_that_fits_its_slot_runs_as_asked():
+    assert sessions.fitted(sessions.SHAPES["ci"], 4096) == sessions.SHAPES["ci"]
+
+
+def test_a_shape_too_big_for_its_slot_is_scaled_to_fit_every_client():
+    full = sessions.SHAPES["full"]
+    fitted = sessions.fitted(full, 4096)  # the test model's 8,192 tokens on the default 2 slots
+    assert all(sessions.session_tokens(kind, fitted) <= 4096 * sessions.FIT_MARGIN for kind in sessions.KINDS)
+    assert (fitted.turns, fitted.answer_tokens, fitted.think_s) == (full.turns, full.answer_tokens, full.think_s)
+    assert fitted.system_tokens / fitted.turn_tokens == pytest.approx(full.system_tokens / full.turn_tokens, rel=0.05)
+
+
+@pytest.mark.parametrize("kind", list(sessions.KINDS))
+def test_a_session_grows_as_its_estimate_says(kind):
+    """The estimate fitting relies on: a longer shape's sessions are counted longer."""
+    small, big = sessions.SHAPES["ci"], sessions.SHAPES["full"]
+    assert sessions.session_tokens(kind, small) < sessions.session_tokens(kind, big)
+
+
+def test_a_slot_too_small_for_the_answers_is_refused():
+    with pytest.raises(ValueError, match="cannot hold sessions of 8 answers of 96 tokens"):
+        sessions.fitted(sessions.SHAPES["full"], 800)
