@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import statistics
 
 import pytest
 
@@ -35,16 +34,11 @@ def code_edit(tokens: int) -> list[dict]:
                                         f"output the whole file:\n```python\n{source}\n```"}]
 
 
-def side_by_side(local_stack, flags: str, messages: list[dict], max_tokens: int, rounds: int) -> dict:
-    """The same engine with `flags` and as the appliance configures it, interleaved; each answer ends
-    where the model ends it (an edit's speed-up is in the file it repeats, not in what follows)."""
+def side_by_side(local_stack, flags: str, messages: list[dict], max_tokens: int, rounds: int) -> list:
+    """The same engine with `flags` and as the appliance configures it, interleaved: (tuned, plain) per
+    round; each answer ends where the model ends it (an edit's speed-up is in the file it repeats)."""
     with engine_with(local_stack, lambda a: f"{a} {flags}") as tuned, engine_with(local_stack, lambda a: a) as plain:
-        pairs = measure.interleaved(direct(tuned), direct(plain), rounds, max_tokens, messages, ignore_eos=False)
-    return {"pairs": pairs, "tuned": [t for t, _ in pairs], "plain": [p for _, p in pairs]}
-
-
-def ratio(runs: dict, metric: str) -> float:
-    return round(measure.pair_ratio(runs["pairs"], metric)["ratio_median"], 3)
+        return measure.interleaved(direct(tuned), direct(plain), rounds, max_tokens, messages, ignore_eos=False)
 
 
 FRESH = [{"role": "user", "content": "Explain, in plain prose, three trade-offs between threads and processes "
@@ -56,13 +50,12 @@ FRESH = [{"role": "user", "content": "Explain, in plain prose, three trade-offs 
 def test_ngram_speculation(local_stack, results, rounds, kind, turn):
     """Faster where the answer repeats its input, and never slower where it does not."""
     messages = code_edit(EDIT_TOKENS * 2) if turn == "code-edit" else FRESH
-    runs = side_by_side(local_stack, SPECULATION[kind], messages, EDIT_TOKENS, rounds)
-    timings = runs["tuned"][-1].timings
-    row = {"flags": SPECULATION[kind], "decode_ratio": ratio(runs, "engine_decode_tps"),
-           "plain_decode_tps": statistics.median(r.engine_decode_tps for r in runs["plain"]),
-           "tuned_decode_tps": statistics.median(r.engine_decode_tps for r in runs["tuned"]),
+    pairs = side_by_side(local_stack, SPECULATION[kind], messages, EDIT_TOKENS, rounds)
+    decode, timings = measure.pair_ratio(pairs, "engine_decode_tps"), pairs[-1][0].timings
+    row = {"flags": SPECULATION[kind], "decode_ratio": round(decode["ratio_median"], 3),
+           "plain_decode_tps": decode["b_median"], "tuned_decode_tps": decode["a_median"],
            "draft_n": timings.get("draft_n"), "draft_accepted": timings.get("draft_n_accepted"),
-           "identical": all(t.text == p.text for t, p in runs["pairs"]),
+           "identical": all(t.text == p.text for t, p in pairs),
            "rounds": rounds}
     row["verdict"] = ("changes the answer at temperature 0" if not row["identical"] else
                       "faster" if row["decode_ratio"] >= 1.05 else "no faster")
@@ -72,11 +65,10 @@ def test_ngram_speculation(local_stack, results, rounds, kind, turn):
 @pytest.mark.parametrize("kind", BATCHES)
 def test_batch_size_on_a_cold_prompt(local_stack, results, rounds, kind):
     session = sessions.ClineSession(seed=3, shape=sessions.SHAPES["ci"])
-    runs = side_by_side(local_stack, BATCHES[kind], session.messages, 1, rounds)
+    pairs = side_by_side(local_stack, BATCHES[kind], session.messages, 1, rounds)
+    prompt = measure.pair_ratio(pairs, "engine_prompt_tps")
     results.setdefault("tuning", {})[kind] = {
-        "flags": BATCHES[kind], "prompt_ratio": ratio(runs, "engine_prompt_tps"),
-        "prompt_n": runs["plain"][0].prompt_tokens,
-        "plain_prompt_tps": statistics.median(r.engine_prompt_tps for r in runs["plain"]),
-        "tuned_prompt_tps": statistics.median(r.engine_prompt_tps for r in runs["tuned"]), "rounds": rounds}
+        "flags": BATCHES[kind], "prompt_ratio": round(prompt["ratio_median"], 3), "prompt_n": pairs[0][1].prompt_tokens,
+        "plain_prompt_tps": prompt["b_median"], "tuned_prompt_tps": prompt["a_median"], "rounds": rounds}
     row = results["tuning"][kind]
     row["verdict"] = "faster" if row["prompt_ratio"] >= 1.05 else "no faster"
