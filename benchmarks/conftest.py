@@ -20,7 +20,7 @@ from artifacts.cache import heavy_job
 from conformance.endpoint import Endpoint
 from conformance.settings import Settings
 from conformance.stack import LocalStack
-from conformance.support import REPO, not_applicable, prune_cpu_variants
+from conformance.support import REPO, not_applicable, prune_cpu_variants, teardown_on_sigterm
 from conformance.targets import Target, Unsupported, target_class
 from vm_fixtures.layout import layout
 
@@ -73,6 +73,7 @@ GATE_ROWS = pytest.StashKey[list]()  # the regression gate's table, for the repo
 
 def pytest_configure(config):
     """Target, CPU models and url settings resolved once, by the conformance settings."""
+    teardown_on_sigterm()
     settings = Settings.load(defaults={"target": "local"}, target=config.getoption("--bench-target"))
     config.stash[SETTINGS] = settings
     config.stash[RESULTS] = {"target": settings.target, "workload": config.getoption("--workload")}

@@ -182,7 +182,7 @@ class Outcome:
     seconds: float
 
 
-def run(client: Client, ep: Endpoint, bin_dir: Path, work: Path, key: str) -> Outcome:
+def run(client: Client, ep: Endpoint, bin_dir: Path, work: Path, key: str, timeout_s: float = TIMEOUT_S) -> Outcome:
     """The client's coding task in a fresh project directory with a home of its own."""
     home, project = work / "home", work / "project"
     project.mkdir(parents=True)
@@ -201,7 +201,11 @@ def run(client: Client, ep: Endpoint, bin_dir: Path, work: Path, key: str) -> Ou
             raise RuntimeError(f"{client.name}'s configuration step {step[1:2]} exited {done.returncode}: "
                                + (done.stdout + done.stderr).replace(key, "<key>")[-500:])
     started = time.monotonic()
-    done = subprocess.run(inv.argv, cwd=project, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
-    output = (done.stdout + done.stderr).replace(key, "<key>")
-    return Outcome(done.returncode, output, round(time.monotonic() - started, 1))
+    try:
+        done = subprocess.run(inv.argv, cwd=project, env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout_s)
+        returncode, output = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as late:  # a fail with what the client printed, not a bare error
+        printed = [p.decode(errors="replace") if isinstance(p, bytes) else p or "" for p in (late.stdout, late.stderr)]
+        returncode, output = -1, "".join(printed) + f"\n(stopped: no end within {timeout_s:.0f} s)"
+    return Outcome(returncode, output.replace(key, "<key>"), round(time.monotonic() - started, 1))

@@ -14,7 +14,7 @@ import pytest
 from .endpoint import Endpoint
 from .report import Reporter, claim_of
 from .settings import Settings
-from .support import REPO, not_applicable
+from .support import REPO, not_applicable, teardown_on_sigterm
 from .targets import Target, capability, parse_facts, target_class
 
 SETTINGS = pytest.StashKey[Settings]()
@@ -30,6 +30,7 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    teardown_on_sigterm()
     settings = Settings.load(config.getoption("--config"), target=config.getoption("--target"),
                              profile=config.getoption("--profile"))
     config.stash[SETTINGS] = settings

@@ -4,6 +4,7 @@ fixtures): where the checkout is and parsers of what the appliance's host prints
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +14,17 @@ import pytest
 from vm_fixtures.util import free_port, wait_until  # noqa: F401 (re-exported for the suite)
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def teardown_on_sigterm() -> None:
+    """A run stopped by SIGTERM (a CI time limit, `timeout`, systemd) unwinds as on Ctrl-C, so pytest
+    tears its fixtures down and no VM, nginx or engine outlives the run. Python's default for SIGTERM
+    is to exit at once, skipping every `finally`. A second SIGTERM exits at once."""
+    def interrupt(signum, _frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def not_applicable(reason: str):

@@ -50,10 +50,11 @@ def log_lines(target) -> list[str] | None:
         return None
 
 
-def agent_answers(client: clients.Client, endpoint, target, client_bin, work, key: str) -> dict:
+def agent_answers(client: clients.Client, endpoint, target, client_bin, work, key: str,
+                  timeout_s: float = clients.TIMEOUT_S) -> dict:
     """The check: the client ran its task to an answer through the appliance."""
     before = log_lines(target)
-    out = clients.run(client, endpoint, client_bin, work, key)
+    out = clients.run(client, endpoint, client_bin, work, key, timeout_s)
     tail = "\n".join(out.output.strip().splitlines()[-4:])
     cut = bool(client.answer_cut) and client.answer_cut in out.output
     assert out.returncode == 0 or cut, f"{client.name} exited {out.returncode} after {out.seconds} s: {tail}"
@@ -72,9 +73,12 @@ def agent_answers(client: clients.Client, endpoint, target, client_bin, work, ke
 @pytest.mark.parametrize("name", sorted(clients.CLIENTS))
 def test_coding_agent_completes_a_task(name, settings, target, endpoint, client_bin, tmp_path, record):
     client = clients.CLIENTS[name]
-    time_boxed(settings, endpoint.speed.seconds(client.prompt_tokens, ANSWER_TOKENS), CI_BOX_S,
-               f"{client.name}'s first turn ({client.prompt_tokens} prompt tokens)")
-    record(agent_answers(client, endpoint, target, client_bin, tmp_path, endpoint.api_key))
+    need_s = endpoint.speed.seconds(client.prompt_tokens, ANSWER_TOKENS)
+    time_boxed(settings, need_s, CI_BOX_S, f"{client.name}'s first turn ({client.prompt_tokens} prompt tokens)")
+    # The release profile runs a client the ci profile boxes out, so its time limit grows with the
+    # target's measured speed (a TCG guest); twice the estimate leaves room for a second request.
+    record(agent_answers(client, endpoint, target, client_bin, tmp_path, endpoint.api_key,
+                         max(clients.TIMEOUT_S, 2 * need_s)))
 
 
 @pytest.mark.parametrize("name", sorted(clients.CLIENTS))
