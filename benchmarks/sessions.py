@@ -37,6 +37,7 @@ from .measure import percentiles, run_at_once
 # The targets a turn must meet to count as good (goodput, as AIPerf defines it: the requests per second
 # that meet every target): a warm turn's first token within 5 s, a cold one's before Cline gives up on
 # a request (5 minutes), and decode at least at reading speed (5 tokens/s: TPOT 0.2 s).
+NAN = float("nan")  # a figure the engine did not send
 SLO = {"warm_ttft_s": 5.0, "cold_ttft_s": 300.0, "tpot_s": 0.2}
 CHARS_PER_TOKEN = 3.6  # SmolLM2's tokenizer on this English and Python mix (measured: prompt_tokens)
 TOOLS = ("read_file", "write_to_file", "replace_in_file", "search_files", "list_files", "list_code_definitions",
@@ -304,6 +305,8 @@ class Turn:
     completion_tokens: int
     decode_tps: float  # the engine's predicted_per_second
     itl_s: list[float]
+    engine_prompt_s: float = NAN  # the engine's own time on the prompt (timings.prompt_ms)
+    engine_decode_s: float = NAN  # and on the answer (timings.predicted_ms)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -343,7 +346,8 @@ def run_session(ep: Endpoint, developer: int, seed: int, shape: Shape, t0: float
                           s.events[-1][0] - started, prompt, timings.get("prompt_n", prompt),
                           timings.get("cache_n", 0), prompt - previous if k else 0, completion,
                           timings.get("predicted_per_second", float("nan")),
-                          [b - a for a, b in zip(times, times[1:], strict=False)]))
+                          [b - a for a, b in zip(times, times[1:], strict=False)],
+                          timings.get("prompt_ms", NAN) / 1000, timings.get("predicted_ms", NAN) / 1000))
         previous = prompt + completion
         if k == shape.turns - 1:
             last.append(LastRequest(developer, list(session.messages), session.request(), said(s)))

@@ -16,6 +16,7 @@ test says so."""
 
 from __future__ import annotations
 
+import resource
 import shlex
 from dataclasses import asdict
 from functools import partial
@@ -38,9 +39,10 @@ DEVELOPERS = {"ci": [1, 2, 4], "full": [1, 2, 4, 8]}
 # What the anchor keeps of the appliance's engine arguments: the model, its name, where it listens,
 # and the thread count (a fact of the machine the benchmark runs on, not a tuning).
 ANCHOR_KEEPS = ("--host", "--port", "--model", "--alias", "--threads")
-# AIPerf's figures over the project's on sessions of the same shape, run back to back: agreement is
-# a ratio inside this band (set from measured run-to-run spread, see the README's figures).
-AGREEMENT = (0.8, 1.25)
+# AIPerf's figures over the project's on sessions of the same shape, run back to back, each over the
+# engine's own time for the same requests: agreement is a ratio inside this band. They measured
+# 0.998-1.000 in three runs while the plain ratios moved 0.84-1.04 (the engine's pace, see README).
+AGREEMENT = (0.9, 1.1)
 CROSS_CHECK_DEVELOPERS = 1  # two or more interleave prompts and decodes differently run to run
 KIND_DEVELOPERS = 2  # Continue's and aider's sessions: several developers, within the default slots
 RSS_EVERY_S = 2.0  # the engine's memory sampled during a replay (a vm target reads it over SSH)
@@ -215,21 +217,33 @@ def test_sessions_on_engine_defaults(anchor, results, shape, developers):
 def test_aiperf_agrees(endpoint, results, settings, shape, tmp_path):
     """The field's load generator on sessions of the same shape, right after the project's own replay
     of others (distinct seeds: neither finds the other's histories cached; the system prompt is
-    shared, as in a team): warm-turn TTFT, ITL and E2EL agree within the band."""
+    shared, as in a team): warm-turn TTFT, ITL and E2EL, each over the engine's own time for the
+    same requests (cross_check.paced), agree within the band. The plain ratios are reported too:
+    AIPerf's processes can slow the engine on a small host, which is not a measuring error."""
     developers = CROSS_CHECK_DEVELOPERS
+    before = resource.getrusage(resource.RUSAGE_SELF)
     ours = sessions.replay(endpoint, developers, shape, seed_base=5000)
+    ours_cpu_s = cross_check.cpu_seconds(before, resource.getrusage(resource.RUSAGE_SELF))
     every_turn_answered(ours)
     theirs = cross_check.run(endpoint, developers, shape, seed_base=6000,
                              model=REPO / settings.artifacts / "model.gguf", work=tmp_path)
     pairs = {"warm TTFT p50": (theirs["warm_ttft_s"].get("p50"), ours["warm_ttft_s"].get("p50")),
              "ITL pooled": (theirs["pooled_itl_s"], ours["pooled_itl_s"]),
              "E2EL p50": (theirs["e2el_s"].get("p50"), ours["e2el_s"].get("p50"))}
+    ours_paced = cross_check.paced(cross_check.timed_turns(ours["turns"]))
+    paced_pairs = {f"{name} over the engine's": (theirs["paced"][key], ours_paced[key])
+                   for name, key in (("warm TTFT", "warm_ttft"), ("ITL", "itl"), ("E2EL", "e2el"))}
     ratios = {name: round(a / b, 3) for name, (a, b) in pairs.items() if a and b}
+    paced_ratios = {name: round(a / b, 3) for name, (a, b) in paced_pairs.items() if a and b}
     results["aiperf"] = {"developers": developers, "ours": {k: ours[k] for k in (
-        "warm_ttft_s", "pooled_itl_s", "e2el_s")}, "aiperf": theirs, "ratios": ratios, "band": AGREEMENT}
-    assert len(ratios) == len(pairs), f"a figure is missing: {pairs}"
-    apart = {k: v for k, v in ratios.items() if not AGREEMENT[0] <= v <= AGREEMENT[1]}
-    assert not apart, f"AIPerf and the project's replay disagree (AIPerf / ours): {apart}; all: {pairs}"
+        "warm_ttft_s", "pooled_itl_s", "e2el_s")} | {"paced": ours_paced, "cpu_s": ours_cpu_s,
+                                                      "wall_s": ours["wall_s"]},
+        "aiperf": theirs, "ratios": ratios, "paced_ratios": paced_ratios, "band": AGREEMENT}
+    assert len(ratios) == len(pairs) and len(paced_ratios) == len(paced_pairs), \
+        f"a figure is missing: {pairs} {paced_pairs}"
+    apart = {k: v for k, v in paced_ratios.items() if not AGREEMENT[0] <= v <= AGREEMENT[1]}
+    assert not apart, (f"AIPerf and the project's replay disagree (AIPerf / ours, each over the engine's own "
+                       f"time): {apart}; all: {paced_pairs}; plain ratios: {ratios}")
 
 
 def test_regression_gate(settings, results, machine_context, gate_rows):

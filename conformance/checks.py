@@ -321,6 +321,28 @@ def served_as_configured(ep: Endpoint, configured: dict[str, str], props: dict) 
     return {k: str(v) for k, v in served.items()}
 
 
+def default_answer_length(target, ep: Endpoint, tokens: int = 12) -> dict:
+    """ONEAPP_SLM_MAX_TOKENS bounds an answer whose request sets no max_tokens (aider sends none, and
+    a model that repeats itself would write until the context is full); a request's own max_tokens
+    still wins. Applied as a small value so the answers are quick; the default comes back after."""
+    body = {"messages": [{"role": "user", "content": "Count from 1 to 500."}], "temperature": 0,
+            "ignore_eos": True}  # the engine's own parameter: the answer runs to whatever limit holds
+    target.apply_context({"ONEAPP_SLM_MAX_TOKENS": str(tokens)})
+    try:
+        with ep.client() as client:
+            unset = client.post("/v1/chat/completions", json=body)
+            own = client.post("/v1/chat/completions", json={**body, "max_tokens": tokens + 5})
+    finally:
+        target.apply_context({"ONEAPP_SLM_MAX_TOKENS": None})
+    got = {}
+    for name, r, want in (("no max_tokens", unset, tokens), ("max_tokens", own, tokens + 5)):
+        assert r.status_code == 200, f"{name}: HTTP {r.status_code}: {r.text[:200]}"
+        answer = r.json()
+        got[name] = (answer["usage"]["completion_tokens"], answer["choices"][0]["finish_reason"])
+        assert got[name] == (want, "length"), f"{name}: {got[name]} (tokens, finish_reason), expected {want}"
+    return {"max_tokens": tokens, "unset": got["no max_tokens"][0], "own": got["max_tokens"][0]}
+
+
 def long_silent_answer(ep: Endpoint, seconds: float = 100) -> dict:
     """A non-streamed answer that takes longer than a minute and a half (a 24B model on a CPU writes
     long edits that slowly): nothing between client and engine may cut it. Sized from the measured

@@ -16,10 +16,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from artifacts.cache import cache_root
+from vm_fixtures.layout import layout
 
 from .endpoint import Endpoint
 
@@ -47,6 +48,10 @@ class Client:
     # What it prints, exiting non-zero, when the model's answer reached the client's own length
     # limit: the tiny model sometimes runs on, and that is an answer through the appliance.
     answer_cut: str = ""
+    # The longest answer it lets the model write: its own limit, or the appliance's default answer
+    # length for a client that sets none (the tiny model sometimes runs on to it: aider did, 19
+    # minutes in a TCG guest before that default existed). What its time box is judged by.
+    answer_tokens: int = field(default_factory=lambda: layout().default_max_tokens)
 
 
 def codex(ep: Endpoint, key: str, bin_dir: Path, home: Path) -> Invocation:
@@ -123,7 +128,7 @@ def llm_cli(ep: Endpoint, key: str, bin_dir: Path, home: Path) -> Invocation:
 CLIENTS = {c.name: c for c in (
     Client("codex", "@openai/codex@0.169.0", "codex_exec/", 6500, codex, "401 Unauthorized"),
     Client("claude-code", "@anthropic-ai/claude-code@2.1.330", "claude-cli/", 5000, claude_code, "401",
-           answer_cut="response exceeded the 1024 output token maximum"),
+           answer_cut="response exceeded the 1024 output token maximum", answer_tokens=1024),
     # aider exits 0 even when the key is refused: its output and the access log tell.
     Client("aider", "aider-chat==0.86.2", "OpenAI/Python", 700, aider, "AuthenticationError"),
     # Its requests say "ls/JS 5.23.2" (the OpenAI JS SDK's agent, as this release sends it).

@@ -73,6 +73,8 @@ MUTANTS = [
            "the model's own template is served: requests with tools silently get plain text"),
     Mutant("temperature_hard_coded", "service.d/appliance.sh", "--temp ${ONEAPP_SLM_TEMPERATURE}", "--temp 0.8",
            "ONEAPP_SLM_TEMPERATURE is not what the engine samples with"),
+    Mutant("default_answer_length_dropped", "service.d/appliance.sh", "--n-predict $(max_tokens) ", "",
+           "a request without max_tokens runs until the context is full, whatever ONEAPP_SLM_MAX_TOKENS says"),
     Mutant("model_alias_dropped", "service.d/appliance.sh", "--alias ${MODEL_ID} ", "",
            "the model is served under its file name, not the id the report promises"),
     Mutant("context_split_per_slot", "service.d/appliance.sh", "--kv-unified ", "",

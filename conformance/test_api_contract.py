@@ -41,6 +41,11 @@ def test_served_configuration_is_the_configured_one(target, endpoint, record):
     record(checks.served_as_configured(endpoint, configured, props))
 
 
+@pytest.mark.destructive
+def test_default_answer_length_bounds_requests_that_set_none(target, endpoint, record):
+    record(checks.default_answer_length(target, endpoint))
+
+
 @pytest.mark.release
 @pytest.mark.budget(600)
 def test_long_non_streamed_answer_is_not_cut(endpoint, record):

@@ -219,6 +219,7 @@ def test_nginx_unit_with_the_appliance_drop_in_exposure_at_most_3(tmp_path):
 VALID = {
     "ONEAPP_SLM_THREADS": st.sampled_from(["0", "1", "2"]),
     "ONEAPP_SLM_PARALLEL": st.integers(1, 16).map(str),
+    "ONEAPP_SLM_MAX_TOKENS": st.one_of(st.sampled_from(["", "0", "4096"]), st.integers(1, 1048576).map(str)),
     "ONEAPP_SLM_TEMPERATURE": st.sampled_from(["0", "0.15", "1", "1.5", "2", "2.0", "0.7"]),
     "ONEAPP_SLM_CONTEXT_SIZE": st.one_of(st.just(""), st.integers(512, 8192).map(str)),
     "ONEAPP_SLM_RATE_LIMIT": st.integers(1, 100000).map(str),
@@ -234,6 +235,7 @@ HOSTILE = ["$(touch {m})", "`touch {m}`", "; touch {m}", "x\ntouch {m}", "'; tou
 INVALID = {
     "ONEAPP_SLM_THREADS": ["-1", "99", "1.5", "two", ""],
     "ONEAPP_SLM_PARALLEL": ["0", "17", "x"],
+    "ONEAPP_SLM_MAX_TOKENS": ["-1", "1048577", "4k", "1.5"],
     "ONEAPP_SLM_TEMPERATURE": ["-0.1", "2.5", "hot", "1e3"],
     "ONEAPP_SLM_CONTEXT_SIZE": ["100", "9000", "8k"],
     "ONEAPP_SLM_RATE_LIMIT": ["0", "fast"],
@@ -259,6 +261,7 @@ def test_every_valid_combination_renders_a_config_nginx_accepts(artifacts, tmp_p
     args = engine_args(stack)
     assert int(args["--ctx-size"]) >= 512 and int(args["--threads"]) >= 1
     assert args["--parallel"] == str(int(context.get("ONEAPP_SLM_PARALLEL", "2")))
+    assert args["--n-predict"] == str(int(context.get("ONEAPP_SLM_MAX_TOKENS") or "4096") or -1)
     assert shlex.split(stack.path("/etc/slm-copilot/engine.env").read_text().partition("=")[2])
 
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from benchmarks import cross_check, sessions
-from benchmarks.test_sessions import engine_defaults, no_crosstalk
+from benchmarks.test_sessions import AGREEMENT, engine_defaults, no_crosstalk
 from conformance.endpoint import SSEStream
 
 APPLIANCE_ARGS = ("--host 127.0.0.1 --port 8081 --model /opt/slm-copilot/models/model.gguf --alias smollm2 "
@@ -66,6 +66,45 @@ def test_aiperf_gets_the_sessions_the_replay_sends():
     mine.next_turn("an answer", 1)
     assert turns[2]["text"] == mine.messages[-1]["content"] and turns[2]["delay"] > 0
     assert len(turns) == 1 + shape.turns
+
+
+def engine_paced_turns(slowdown: float, ttft_at_the_end: bool = False) -> list[cross_check.Timed]:
+    """Four requests timed by a client on an engine `slowdown` times its usual pace; the planted
+    measuring defect takes the first token's time at the end of the stream."""
+    timed = []
+    for k in range(4):
+        prompt_s, decode_s = slowdown * (4.0 if k == 0 else 1.5), slowdown * 2.0
+        ttft, e2el = prompt_s + 0.05, prompt_s + decode_s + 0.06
+        timed.append(cross_check.Timed(k > 0, e2el if ttft_at_the_end else ttft, e2el, 24, prompt_s, decode_s))
+    return timed
+
+
+def paced_ratios(theirs: list, ours: list) -> dict:
+    a, b = cross_check.paced(theirs), cross_check.paced(ours)
+    return {k: a[k] / b[k] if b[k] else float("inf") for k in a}
+
+
+def test_a_tool_that_slowed_the_engine_still_agrees_once_paced():
+    """AIPerf's processes slowing a 2-core engine by 1.4 (measured) is not a measuring error."""
+    slower, usual = engine_paced_turns(1.4), engine_paced_turns(1.0)
+    assert cross_check.paced(slower)["warm_ttft"] > 1
+    assert all(ratio == pytest.approx(1, abs=0.05) for ratio in paced_ratios(slower, usual).values())
+
+
+def test_control_a_first_token_timed_at_the_end_of_the_stream_disagrees():
+    ratios = paced_ratios(engine_paced_turns(1.0), engine_paced_turns(1.0, ttft_at_the_end=True))
+    low, high = AGREEMENT
+    assert not low <= ratios["warm_ttft"] <= high and not low <= ratios["itl"] <= high
+
+
+def test_aiperf_engine_timings_come_from_each_requests_last_chunk(tmp_path):
+    chunks = [{"choices": [{"delta": {"content": "hi"}}]},
+              {"choices": [], "usage": {"completion_tokens": 1}, "timings": {"prompt_ms": 1500.0, "predicted_ms": 40}}]
+    values = [json.dumps(c) for c in chunks] + ["[DONE]"]
+    raw = {"metadata": {"x_request_id": "r1", "turn_index": 1},
+           "responses": [{"perf_ns": i, "packets": [{"name": "data", "value": v}]} for i, v in enumerate(values)]}
+    (tmp_path / "profile_export_raw.jsonl").write_text(json.dumps(raw) + "\n")
+    assert cross_check.engine_timings(tmp_path) == {"r1": {"prompt_ms": 1500.0, "predicted_ms": 40}}
 
 
 def test_pooled_itl_weighs_requests_by_their_tokens():

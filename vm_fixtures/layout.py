@@ -11,7 +11,7 @@ from pathlib import Path
 APPLIANCE = Path(__file__).resolve().parent.parent / "appliance"
 SCALARS = ("SLM_API_KEY_FILE", "SLM_CA_CERT", "SLM_CONF_DIR", "SLM_STATE_DIR", "SLM_LOG_DIR", "SLM_REPORT",
            "SLM_ENGINE_UNIT", "SLM_ENGINE_PORT", "SLM_APP_DIR", "SLM_RENEW_UNIT",
-           "SLM_API_KEYS_FILE", "SLM_NGINX_SITE", "SLM_MODEL_STORE")
+           "SLM_API_KEYS_FILE", "SLM_NGINX_SITE", "SLM_MODEL_STORE", "ONEAPP_SLM_MAX_TOKENS")
 LISTS = ("SLM_GENERATED_FILES", "SLM_SECRET_FILES")
 
 
@@ -30,6 +30,7 @@ class Layout:
     api_keys_file: str
     nginx_site: str  # where configure links nginx.conf into nginx's own configuration
     model_store: str  # models fetched by URL, named sha256-<hex>.gguf (.part while downloading)
+    default_max_tokens: int  # the answer length of a request that sets none, unless the context says
     generated_files: tuple[str, ...]
     secret_files: tuple[str, ...]
 
@@ -51,5 +52,6 @@ def layout() -> Layout:
     out = subprocess.run(["bash", "-c", script, "layout", str(APPLIANCE)], capture_output=True, text=True,
                          check=True, env={"PATH": "/usr/bin:/bin"}).stdout.split("\0")[:-1]
     scalars, lists = out[:len(SCALARS)], [tuple(x.split()) for x in out[len(SCALARS):]]
-    api_key, ca_cert, conf, state, logs, report, unit, port, app, renew, keys, site, store = scalars
-    return Layout(api_key, ca_cert, conf, state, logs, report, unit, int(port), app, renew, keys, site, store, *lists)
+    api_key, ca_cert, conf, state, logs, report, unit, port, app, renew, keys, site, store, max_tokens = scalars
+    return Layout(api_key, ca_cert, conf, state, logs, report, unit, int(port), app, renew, keys, site, store,
+                  int(max_tokens), *lists)

@@ -16,6 +16,7 @@ ONE_SERVICE_PARAMS=(
     'ONEAPP_SLM_THREADS'        'configure' 'Engine threads (0: physical cores)' 'O|number'
     'ONEAPP_SLM_PARALLEL'       'configure' 'Requests served at once (engine slots)' 'O|number'
     'ONEAPP_SLM_TEMPERATURE'    'configure' 'Default sampling temperature (0 to 2)' 'O|text'
+    'ONEAPP_SLM_MAX_TOKENS'     'configure' 'Answer length in tokens for a request that sets none (0: until the model stops or the context is full)' 'O|number'
     'ONEAPP_SLM_TLS_MODE'       'configure' 'TLS certificate: selfsigned, custom or letsencrypt' 'O|list|selfsigned,custom,letsencrypt'
     'ONEAPP_SLM_TLS_CERT'       'configure' 'Custom TLS certificate chain, base64 PEM (TLS_MODE=custom)' 'O|text64'
     'ONEAPP_SLM_TLS_KEY'        'configure' 'Custom TLS private key, base64 PEM (TLS_MODE=custom)' 'O|text64'
@@ -48,6 +49,7 @@ ONEAPP_SLM_CONTEXT_SIZE="${ONEAPP_SLM_CONTEXT_SIZE:-}"
 ONEAPP_SLM_THREADS="${ONEAPP_SLM_THREADS:-0}"
 ONEAPP_SLM_PARALLEL="${ONEAPP_SLM_PARALLEL:-2}"
 ONEAPP_SLM_TEMPERATURE="${ONEAPP_SLM_TEMPERATURE:-0.15}"
+ONEAPP_SLM_MAX_TOKENS="${ONEAPP_SLM_MAX_TOKENS:-4096}"
 ONEAPP_SLM_TLS_MODE="${ONEAPP_SLM_TLS_MODE:-selfsigned}"
 ONEAPP_SLM_TLS_CERT="${ONEAPP_SLM_TLS_CERT:-}"
 ONEAPP_SLM_TLS_KEY="${ONEAPP_SLM_TLS_KEY:-}"
@@ -315,6 +317,9 @@ check_int() { # VARIABLE MIN MAX MEANING
 # SLM_MEMTOTAL_MB stands in for /proc/meminfo in the rendering tests (they run on one host size).
 mem_total_mb() { echo "${SLM_MEMTOTAL_MB:-$(($(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024))}"; }
 
+# The engine's default answer length: -1 is llama-server's "no limit".
+max_tokens() { local n=$((10#$ONEAPP_SLM_MAX_TOKENS)); [ "$n" -eq 0 ] && n=-1; echo "$n"; }
+
 physical_cores() {
     local cores
     cores=$(lscpu -p=CORE,SOCKET 2>/dev/null | grep -v '^#' | sort -u | wc -l)
@@ -338,6 +343,7 @@ validate() {
     fi
     check_int ONEAPP_SLM_THREADS 0 "$vcpus" "0 = physical cores; more than the ${vcpus} vCPUs oversubscribes"
     check_int ONEAPP_SLM_PARALLEL 1 16 "concurrent requests"
+    check_int ONEAPP_SLM_MAX_TOKENS 0 1048576 "tokens per answer when a request sets no max_tokens; 0 = no limit"
     check_int ONEAPP_SLM_RATE_LIMIT 1 100000 "requests per second per client"
     check_int ONEAPP_SLM_KEY_RATE_LIMIT 1 100000 "requests per second per API key"
     validate_named_keys
@@ -889,9 +895,13 @@ render_engine() { # DEST CONTEXT-SIZE PROMPT-CACHE-MB
         printf '%s' "$ONEAPP_SLM_MODEL_CHAT_TEMPLATE" | base64 -d > "$dest/chat-template.jinja"
         template=" --chat-template-file ${SLM_CONF_DIR}/chat-template.jinja"
     fi
+    # --n-predict: the answer length of a request that sets none (a request's max_tokens still wins).
+    # Without it a model that repeats itself writes until the shared context is full, holding a slot
+    # and evicting the other sessions' cache (aider, which sets none, wrote for 19 minutes in a TCG guest).
     printf 'SLM_ENGINE_ARGS="%s"\n' "--host 127.0.0.1 --port ${SLM_ENGINE_PORT} \
 --model ${SLM_MODEL_FILE} --alias ${MODEL_ID} --ctx-size ${ctx} \
 --threads ${threads} --parallel $((10#$ONEAPP_SLM_PARALLEL)) --temp ${ONEAPP_SLM_TEMPERATURE} \
+--n-predict $(max_tokens) \
 --kv-unified --cache-ram ${cache_mb} --jinja${template} --metrics --no-slots --no-webui --log-verbosity ${verbosity}" > "$dest/engine.env"
     # What configure decided, apart from how the engine is told: the report says it, and the
     # conformance suite compares what the engine serves with it.
@@ -903,6 +913,7 @@ render_engine() { # DEST CONTEXT-SIZE PROMPT-CACHE-MB
         printf 'SLM_MODEL_ID=%s\nSLM_TEMPERATURE=%s\nSLM_PARALLEL=%s\nSLM_TLS_MODE=%s\nSLM_DOMAIN=%s\n' \
             "$MODEL_ID" "$ONEAPP_SLM_TEMPERATURE" "$((10#$ONEAPP_SLM_PARALLEL))" "$ONEAPP_SLM_TLS_MODE" \
             "$ONEAPP_SLM_DOMAIN"
+        printf 'SLM_MAX_TOKENS=%s\n' "$(max_tokens)"
         printf 'SLM_MODEL_SHA256=%s\nSLM_MODEL_SOURCE=%s\n' "$MODEL_SHA256" "$MODEL_SOURCE"
     } >> "$dest/engine.env"
 }
@@ -1044,6 +1055,7 @@ model = ${MODEL_ID}
 model_sha256 = ${SLM_MODEL_SHA256:-}
 model_source = ${SLM_MODEL_SOURCE:-}
 context_size = ${SLM_CTX}
+default_max_tokens = ${SLM_MAX_TOKENS/#-1/none}
 prompt_cache_mib = ${SLM_PROMPT_CACHE_MB:-}
 tool_calls = ${SLM_TOOLS:-unknown}
 tls_mode = ${ONEAPP_SLM_TLS_MODE}
