@@ -345,7 +345,7 @@ def run_session(ep: Endpoint, developer: int, seed: int, shape: Shape, t0: float
         turns.append(Turn(developer, k, round(started - t0, 2), (times[0] if times else s.events[-1][0]) - started,
                           s.events[-1][0] - started, prompt, timings.get("prompt_n", prompt),
                           timings.get("cache_n", 0), prompt - previous if k else 0, completion,
-                          timings.get("predicted_per_second", float("nan")),
+                          timings.get("predicted_per_second", NAN),
                           [b - a for a, b in zip(times, times[1:], strict=False)],
                           timings.get("prompt_ms", NAN) / 1000, timings.get("predicted_ms", NAN) / 1000))
         previous = prompt + completion
