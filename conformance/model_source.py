@@ -121,6 +121,7 @@ class ModelHost:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, name: str, address: str, throttled: str = "") -> str:
         """`throttled`: a key of RATES, or nothing for full speed."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,10 +41,13 @@ class LocalStack:
                                                                     strict=True)))
     engine: subprocess.Popen | None = None
     nginx: subprocess.Popen | None = None
+    # A root this stack made is removed by stop(): a stack can hold a fetched model (about 95 MB), and
+    # a run starts dozens.
+    made_root: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self):
         if self.root is None:
-            self.root = Path(tempfile.mkdtemp(prefix="slm-local-"))
+            self.root, self.made_root = Path(tempfile.mkdtemp(prefix="slm-local-")), True
         app = self.path(layout().app_dir)
         (app / "models").mkdir(parents=True, exist_ok=True)
         for name, target in (("engine", self.artifacts / "engine"), ("model.env", self.artifacts / "model.env"),
@@ -154,9 +158,12 @@ class LocalStack:
         self.engine = None
 
     def stop(self) -> None:
+        """The end of the stack: nginx and the engine stopped, and a root it made removed."""
         _stop(self.nginx)
         self.stop_engine()
         self.nginx = None
+        if self.made_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _stop(proc: subprocess.Popen | None) -> None:
