@@ -134,11 +134,16 @@ def sessions_table(runs: dict, anchor: dict | None = None, kinds: dict | None = 
                   f"`{' '.join(next(iter(anchor.values())).get('engine_args', []))}`.", ""]
         lines += session_rows(anchor)
         lines += ["", "Appliance over defaults (above 1: the appliance is better; times as defaults / appliance):", "",
-                  "| developers | TTFT cold | TTFT warm | E2EL | cache hit ratio | output tok/s |", "|---" * 6 + "|"]
+                  "| developers | TTFT cold | TTFT warm | E2EL | cache hit ratio | output tok/s | engine prompt tok/s "
+                  "| outside the engine p50 s (appliance, defaults) |", "|---" * 8 + "|"]
         for count, r in sorted(anchor.items(), key=lambda kv: int(kv[0])):
             v = r.get("appliance_vs_defaults") or {}
-            figures = (v.get(k) for k in ("cold_ttft", "warm_ttft", "e2el", "cache_hit", "output_tps"))
-            lines.append(f"| {count} | " + " | ".join(_fmt(f) for f in figures) + " |")
+            figures = (v.get(k) for k in ("cold_ttft", "warm_ttft", "e2el", "cache_hit", "output_tps",
+                                          "engine_prompt_tps"))
+            outside = (((runs.get(count) or {}).get("outside_engine_s") or {}).get("p50"),
+                       (r.get("outside_engine_s") or {}).get("p50"))
+            lines.append(f"| {count} | " + " | ".join(_fmt(f) for f in figures) +
+                         f" | {_fmt(outside[0])}, {_fmt(outside[1])} |")
     return lines + [""]
 
 

@@ -23,6 +23,7 @@ alone: at temperature 0 its answer must be the one it got under load (no streams
 from __future__ import annotations
 
 import json
+import math
 import random
 import statistics
 import time
@@ -307,6 +308,7 @@ class Turn:
     itl_s: list[float]
     engine_prompt_s: float = NAN  # the engine's own time on the prompt (timings.prompt_ms)
     engine_decode_s: float = NAN  # and on the answer (timings.predicted_ms)
+    completion_id: str = ""  # the answer's `id`: every completion has its own
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -347,7 +349,8 @@ def run_session(ep: Endpoint, developer: int, seed: int, shape: Shape, t0: float
                           timings.get("cache_n", 0), prompt - previous if k else 0, completion,
                           timings.get("predicted_per_second", NAN),
                           [b - a for a, b in zip(times, times[1:], strict=False)],
-                          timings.get("prompt_ms", NAN) / 1000, timings.get("predicted_ms", NAN) / 1000))
+                          timings.get("prompt_ms", NAN) / 1000, timings.get("predicted_ms", NAN) / 1000,
+                          final.get("id", "")))
         previous = prompt + completion
         if k == shape.turns - 1:
             last.append(LastRequest(developer, list(session.messages), session.request(), said(s)))
@@ -390,7 +393,8 @@ def replay(ep: Endpoint, developers: int, shape: Shape, seed_base: int | None = 
     return {"developers": developers, "kind": kind, "gated": KINDS[kind].gated, "shape": asdict(shape),
             "wall_s": round(wall, 1), "errors": sorted(errors),
             "turns": [t.as_dict() for t in sorted(turns, key=lambda t: (t.developer, t.turn))],
-            **summary(turns, wall), "crosstalk": crosstalk(ep, last, shape)}
+            **summary(turns, wall), "crosstalk": crosstalk(ep, last, shape, {t.completion_id for t in turns}),
+            "answers_served_twice": served_twice([t.completion_id for t in turns])}
 
 
 def said(s) -> str:
@@ -398,9 +402,17 @@ def said(s) -> str:
     return s.content + "".join(f"<call {c['function']['name']} {c['function']['arguments']}>" for c in s.tool_calls)
 
 
-def crosstalk(ep: Endpoint, last: list[LastRequest], shape: Shape) -> list[dict]:
+def served_twice(ids: list[str]) -> int:
+    """How many answers carried the id of another: each completion has its own (a random one from
+    llama-server), so a repeat is one response delivered twice, as by a cache in the path that keys
+    requests by URI alone (nginx's default cache key leaves the body out)."""
+    return len(ids) - len(set(ids))
+
+
+def crosstalk(ep: Endpoint, last: list[LastRequest], shape: Shape, ids_under_load: set[str]) -> list[dict]:
     """Each developer's last request again, alone, at temperature 0: the answer it got under load
-    must be this one, character for character (a stream given another's tokens differs at once)."""
+    must be this one, character for character (a stream given another's tokens differs at once),
+    and a new completion (a cache would hand both requests the same stored answer, equal and wrong)."""
     rows = []
     for req in sorted(last, key=lambda r: r.developer):
         s = stream_chat(ep, req.messages, max_tokens=shape.answer_tokens, temperature=0, **req.extra)
@@ -409,6 +421,7 @@ def crosstalk(ep: Endpoint, last: list[LastRequest], shape: Shape) -> list[dict]
                     min(len(req.answer), len(alone)))
         rows.append({"developer": req.developer, "status": s.status,
                      "identical": s.status == 200 and alone == req.answer, "common_prefix_chars": same,
+                     "new_completion": bool(s.chunks) and s.chunks[-1].get("id", "") not in ids_under_load,
                      "under_load": req.answer[:80], "alone": alone[:80]})
     return rows
 
@@ -416,6 +429,7 @@ def crosstalk(ep: Endpoint, last: list[LastRequest], shape: Shape) -> list[dict]
 def summary(turns: list[Turn], wall: float) -> dict:
     warm = [t for t in turns if t.turn]
     cold = [t for t in turns if not t.turn]
+    timed = [t for t in turns if not math.isnan(t.engine_prompt_s + t.engine_decode_s)]
     sent = sum(t.prompt_tokens for t in warm)
     return {
         "cold_ttft_s": percentiles([t.ttft_s for t in cold]),
@@ -435,6 +449,11 @@ def summary(turns: list[Turn], wall: float) -> dict:
         "output_tps": round(sum(t.completion_tokens for t in turns) / wall, 2),
         "request_throughput": round(len(turns) / wall, 3),
         "decode_tps_p50": statistics.median(t.decode_tps for t in turns),
+        # What separates the engine's pace from the rest of a request's path (proxy, TLS, queueing):
+        # prompt tokens per second of the engine's own prompt time, and each turn's time outside
+        # the engine's prompt and decode.
+        "engine_prompt_tps": engine_prompt_tps(timed),
+        "outside_engine_s": percentiles([t.e2e_s - t.engine_prompt_s - t.engine_decode_s for t in timed]),
         "goodput": goodput(turns, wall),
     }
 
@@ -453,6 +472,11 @@ def pooled_itl(requests: list[tuple[float, float, int]]) -> float | None:
     return round(sum(e2e - ttft for ttft, e2e, n in requests if n > 1) / gaps, 5) if gaps else None
 
 
+def engine_prompt_tps(turns: list[Turn]) -> float | None:
+    seconds = sum(t.engine_prompt_s for t in turns)
+    return round(sum(t.computed for t in turns) / seconds, 1) if seconds else None
+
+
 def versus(tuned: dict, anchor: dict) -> dict:
     """The tuned run's figures against the anchor's, each as a speed-up (above 1: the tuned one is
     better): times as anchor / tuned, ratios and rates as tuned / anchor."""
@@ -462,7 +486,8 @@ def versus(tuned: dict, anchor: dict) -> dict:
             "warm_ttft": ratio(anchor["warm_ttft_s"].get("p50"), tuned["warm_ttft_s"].get("p50")),
             "e2el": ratio(anchor["e2el_s"].get("p50"), tuned["e2el_s"].get("p50")),
             "cache_hit": ratio(tuned["cache_hit_ratio"], anchor["cache_hit_ratio"]),
-            "output_tps": ratio(tuned["output_tps"], anchor["output_tps"])}
+            "output_tps": ratio(tuned["output_tps"], anchor["output_tps"]),
+            "engine_prompt_tps": ratio(tuned.get("engine_prompt_tps"), anchor.get("engine_prompt_tps"))}
 
 
 def session_tokens(kind: str, shape: Shape) -> int:

@@ -5,7 +5,9 @@ conversation (issue #14's "new tokens plus 5%").
 
 Its negative control: one developer against an engine that picks slots by age alone
 (`--slot-prompt-similarity 0`, the advice of an open llama.cpp pull request): each turn lands on
-the slot the previous one did not use, and the gate must catch the recomputed history.
+the slot the previous one did not use, and the gate must catch the recomputed history. The
+crosstalk check's: the appliance with a response cache planted in nginx, which must be caught
+delivering one answer twice.
 
 More developers than slots is a known limitation of the pinned engine, measured and kept visible:
 a slot that frees while requests wait is given to the waiting request whose prompt shares the
@@ -29,7 +31,7 @@ from conformance.support import REPO
 from conformance.targets import Unsupported
 
 from . import cross_check, measure, sessions
-from .conftest import direct, engine_with, regression_gate
+from .conftest import appliance_with, direct, engine_with, regression_gate
 
 # A warm turn may compute what it added plus 5%, and one token more: the last token of the previous
 # answer was sampled but never fed back, so the engine's cache cannot hold it.
@@ -63,11 +65,15 @@ def every_turn_answered(run: dict) -> None:
 
 
 def no_crosstalk(run: dict) -> None:
-    """Each developer's last answer under load is the one the same request gets alone."""
+    """Each developer's last answer under load is the one the same request gets alone, and every
+    answer is a completion of its own request (none delivered twice)."""
     mixed = [r for r in run["crosstalk"] if not r["identical"]]
     assert not mixed, (f"{len(mixed)} of {len(run['crosstalk'])} answers under load differ from the same request "
                        f"alone, e.g. developer {mixed[0]['developer']} after {mixed[0]['common_prefix_chars']} "
                        f"characters: {mixed[0]['under_load']!r} vs {mixed[0]['alone']!r}")
+    replayed = run["answers_served_twice"] + sum(1 for r in run["crosstalk"] if not r["new_completion"])
+    assert not replayed, (f"{replayed} answers carried the id of an earlier one: a stored response was delivered "
+                          "again instead of a completion of the request (a response cache in the path?)")
 
 
 def engine_defaults(args: str) -> str:
@@ -188,6 +194,30 @@ def test_gate_catches_slots_chosen_by_age(local_stack, shape):
         run = sessions.replay(Endpoint.of_stack(stack), 1, shape)
     with pytest.raises(AssertionError, match="warm turns recomputed"):
         warm_turns_cached(run)
+
+
+def response_cache(cache_dir) -> dict:
+    """A defect planted in the rendered appliance, as a hurried tuning would: nginx's usual
+    micro-caching recipe (buffered, the upstream's caching headers ignored) with POSTs included,
+    under nginx's default key, which leaves the request body out. Every request to a URI then gets
+    the first answer stored there, and the same request sent again alone gets it too: equal, so
+    comparing the text alone would pass it."""
+    return {"nginx.conf": lambda text: f"proxy_cache_path {cache_dir} keys_zone=slm_answers:1m;\n{text}",
+            "proxy.conf": lambda text: text.replace(
+                "proxy_buffering off;\nproxy_cache off;",
+                "proxy_buffering on;\nproxy_ignore_headers X-Accel-Buffering Cache-Control Expires;\n"
+                "proxy_cache slm_answers;\nproxy_cache_methods POST;\nproxy_cache_valid 200 10m;")}
+
+
+def test_crosstalk_check_catches_a_response_cache(local_stack, results, shape, tmp_path):
+    with appliance_with(local_stack, response_cache(tmp_path / "answers")) as stack:
+        run = sessions.replay(Endpoint.of_stack(stack), 1, shape)
+    results["crosstalk_control"] = {"defect": "nginx caches answers by URI", "turns": len(run["turns"]),
+                                    "answers_served_twice": run["answers_served_twice"],
+                                    "text_equal_alone": [r["identical"] for r in run["crosstalk"]]}
+    every_turn_answered(run)
+    with pytest.raises(AssertionError, match="carried the id of an earlier one"):
+        no_crosstalk(run)
 
 
 @pytest.fixture(scope="module")

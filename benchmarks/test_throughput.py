@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 
 from conformance.checks import SHORT_PROMPT
-from conformance.stack import LocalStack
 from conformance.targets import target_class
 
 from . import gate, machine
-from .conftest import SETTINGS, direct, proxied, regression_gate
+from .conftest import SETTINGS, appliance_with, direct, proxied, regression_gate
 from .measure import concurrent, interleaved_ratio, one_request, summarize
 
 MAX_TOKENS = 64
@@ -50,21 +49,14 @@ def test_cpu_variant_penalty(local_stack, baseline_stack, results, rounds):
 
 def test_gate_catches_injected_slowdown(local_stack, results, rounds, tmp_path):
     """Negative control: a front that streams 2x+ slower must fail the proxy-ratio gate."""
-    slow = LocalStack(local_stack.artifacts)
-    slow.configure()
-    proxy_conf = slow.path("/etc/slm-copilot/proxy.conf")
     # A front that dribbles the stream at 2 KB/s, about a sixth of its byte rate here (limit_rate
     # applies to buffered proxying only, hence the buffering).
-    proxy_conf.write_text(proxy_conf.read_text().replace(
-        "proxy_buffering off;", "proxy_buffering on; proxy_ignore_headers X-Accel-Buffering; limit_rate 2k;"))
-    slow.start_engine()
-    slow.start_nginx()
-    try:
+    dribble = {"proxy.conf": lambda text: text.replace(
+        "proxy_buffering off;", "proxy_buffering on; proxy_ignore_headers X-Accel-Buffering; limit_rate 2k;")}
+    with appliance_with(local_stack, dribble) as slow:
         injected = {"proxy_overhead": {
             "decode": interleaved_ratio(proxied(slow), direct(slow), max(2, rounds // 2), MAX_TOKENS,
                                         "client_decode_tps")}}
-    finally:
-        slow.stop()
     reference = results if "proxy_overhead" in results else (gate.any_of_target("local", {}) or {})
     assert gate.lookup(reference, ("proxy_overhead", "decode", "ratio_median")), "run test_proxy_overhead first"
     ok, rows = gate.compare(injected, reference)

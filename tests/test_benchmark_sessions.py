@@ -20,9 +20,16 @@ APPLIANCE_ARGS = ("--host 127.0.0.1 --port 8081 --model /opt/slm-copilot/models/
                   "--log-verbosity 3")
 
 
-def crosstalk_rows(under_load: list[str], alone: list[str]) -> dict:
-    return {"crosstalk": [{"developer": d, "identical": a == b, "common_prefix_chars": 0, "under_load": a,
-                           "alone": b} for d, (a, b) in enumerate(zip(under_load, alone, strict=True))]}
+def crosstalk_rows(under_load: list[str], alone: list[str], ids: list[str] | None = None,
+                   alone_ids: list[str] | None = None) -> dict:
+    """A replay's crosstalk input: the answers under load and alone, with their completions' ids
+    (distinct unless given)."""
+    ids = ids or [f"chatcmpl-{d}" for d in range(len(under_load))]
+    alone_ids = alone_ids or [f"chatcmpl-alone-{d}" for d in range(len(alone))]
+    return {"answers_served_twice": sessions.served_twice(ids),
+            "crosstalk": [{"developer": d, "identical": a == b, "common_prefix_chars": 0, "under_load": a,
+                           "alone": b, "new_completion": i not in ids}
+                          for d, (a, b, i) in enumerate(zip(under_load, alone, alone_ids, strict=True))]}
 
 
 def test_answers_equal_alone_pass():
@@ -32,6 +39,12 @@ def test_answers_equal_alone_pass():
 def test_answers_swapped_between_developers_fail():
     with pytest.raises(AssertionError, match="2 of 2 answers under load differ"):
         no_crosstalk(crosstalk_rows(["import os", "def f():"], ["def f():", "import os"]))
+
+
+def test_an_answer_delivered_twice_fails():
+    with pytest.raises(AssertionError, match="2 answers carried the id of an earlier one"):
+        no_crosstalk(crosstalk_rows(["def f():", "def f():"], ["def f():", "def f():"],
+                                    ids=["chatcmpl-a", "chatcmpl-a"], alone_ids=["chatcmpl-a", "chatcmpl-b"]))
 
 
 def test_the_anchor_keeps_only_model_name_address_and_threads():
@@ -46,7 +59,7 @@ def test_versus_reads_above_one_as_the_appliance_better():
     defaults = {"cold_ttft_s": {"p50": 8.0}, "warm_ttft_s": {"p50": 1.0}, "e2el_s": {"p50": 1.0},
                 "cache_hit_ratio": 0.45, "output_tps": 12.0}
     assert sessions.versus(tuned, defaults) == {"cold_ttft": 2.0, "warm_ttft": 1.0, "e2el": 0.5, "cache_hit": 2.0,
-                                                "output_tps": 1.0}
+                                                "output_tps": 1.0, "engine_prompt_tps": None}
 
 
 def test_versus_leaves_a_missing_figure_empty():
@@ -232,3 +245,12 @@ def test_a_session_grows_as_its_estimate_says(kind):
 def test_a_slot_too_small_for_the_answers_is_refused():
     with pytest.raises(ValueError, match="cannot hold sessions of 8 answers of 96 tokens"):
         sessions.fitted(sessions.SHAPES["full"], 800)
+
+
+def test_a_turn_is_split_into_the_engines_time_and_the_rest():
+    timed = [sessions.Turn(0, k, 0.0, 1.2, 3.0, 100, 90, 10, 10, 8, 5.0, [], engine_prompt_s=1.0,
+                           engine_decode_s=1.5) for k in range(3)]
+    untimed = sessions.Turn(0, 3, 0.0, 1.0, 2.0, 100, 90, 10, 10, 8, 5.0, [])  # an engine without timings
+    figures = sessions.summary([*timed, untimed], wall=10.0)
+    assert figures["engine_prompt_tps"] == 90.0
+    assert figures["outside_engine_s"]["p50"] == pytest.approx(0.5)
