@@ -29,6 +29,12 @@ def engine_rss_kib(target) -> int | None:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 
+def headroom_tokens(facts: dict, rss_kib: int) -> int:
+    """How many prompt tokens of histories would fill what the engine's budget leaves it now."""
+    headroom_mib = max(int(facts["SLM_ENGINE_BUDGET_MB"]) - rss_kib / 1024, 0)
+    return int(headroom_mib * 2**20 / int(facts["SLM_KV_BYTES_PER_TOKEN"]))
+
+
 def engine_pid(target) -> int:
     return int(next(line.split()[1] for line in target.engine_proc("status").splitlines() if line.startswith("Pid:")))
 
@@ -43,9 +49,10 @@ def prompt_cache_bounded(ep: Endpoint, target) -> dict:
         assert s.status == 200, f"session {n}: HTTP {s.status} {s.body[:200]}"
         return s.chunks[-1]["usage"]["prompt_tokens"]
 
-    history_mib = session(0) * int(facts["SLM_KV_BYTES_PER_TOKEN"]) / 2**20
+    first = session(0)
+    history_mib = first * int(facts["SLM_KV_BYTES_PER_TOKEN"]) / 2**20
     # Enough sessions that keeping every history would take what the budget has left, and a few more.
-    sessions = int(max(budget_mib - rss_before / 1024, 0) / history_mib) + 4
+    sessions = headroom_tokens(facts, rss_before) // first + 4
     peak_kib = rss_before
     for n in range(1, sessions):
         session(n)

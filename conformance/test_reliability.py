@@ -13,9 +13,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from . import checks
+from . import checks, memory
 from .endpoint import Endpoint, stream_chat
 from .memory import engine_rss_kib
+from .support import not_applicable, time_boxed
+from .targets import Unsupported
+
+SOAK_BOX_S = 600  # the ci profile's box for the memory soak; a TCG guest needs over an hour for it
 
 
 def test_prompt_longer_than_context_gets_400(endpoint, record):
@@ -131,3 +135,20 @@ def slow_client(ep: Endpoint) -> str:
 def test_api_key_absent_from_the_appliance_logs(endpoint, target, record):
     """Last in this module: after load and hostile input have been logged too."""
     record(checks.key_absent_from_logs(endpoint, target))
+
+
+@pytest.mark.destructive  # it evicts every session's cache and loads the engine for minutes to hours
+def test_engine_memory_holds_over_many_sessions(settings, target, endpoint, record):
+    """The memory soak (memory.prompt_cache_bounded) on the appliance itself: on the vm target, the
+    smallest VM the image is tested at. Its twin on the local target is a stack configured as a
+    1,000 MiB VM (test_configured_stack_passes), since the suite's own stack has this host's memory."""
+    if target.name == "local":
+        not_applicable("the local stack's engine budget is this host's memory; the soak runs on a stack "
+                       "configured as a 1,000 MiB VM (test_configured_stack_passes)")
+    try:
+        tokens = memory.headroom_tokens(target.configured(), engine_rss_kib(target) or 0)
+    except Unsupported as err:
+        not_applicable(f"the engine's budget and memory are not visible on this target: {err}")
+    time_boxed(settings, endpoint.speed.seconds(tokens, 1), SOAK_BOX_S,
+               f"the memory soak ({tokens:,} prompt tokens of distinct sessions)")
+    record(memory.prompt_cache_bounded(endpoint, target))
