@@ -405,7 +405,9 @@ def said(s) -> str:
 def served_twice(ids: list[str]) -> int:
     """How many answers carried the id of another: each completion has its own (a random one from
     llama-server), so a repeat is one response delivered twice, as by a cache in the path that keys
-    requests by URI alone (nginx's default cache key leaves the body out)."""
+    requests by URI alone (nginx's default cache key leaves the body out). An answer without an id
+    (another server behind a url target) is not counted."""
+    ids = [i for i in ids if i]
     return len(ids) - len(set(ids))
 
 
@@ -421,7 +423,7 @@ def crosstalk(ep: Endpoint, last: list[LastRequest], shape: Shape, ids_under_loa
                     min(len(req.answer), len(alone)))
         rows.append({"developer": req.developer, "status": s.status,
                      "identical": s.status == 200 and alone == req.answer, "common_prefix_chars": same,
-                     "new_completion": bool(s.chunks) and s.chunks[-1].get("id", "") not in ids_under_load,
+                     "new_completion": not s.chunks or s.chunks[-1].get("id", "") not in ids_under_load - {""},
                      "under_load": req.answer[:80], "alone": alone[:80]})
     return rows
 

@@ -254,3 +254,7 @@ def test_a_turn_is_split_into_the_engines_time_and_the_rest():
     figures = sessions.summary([*timed, untimed], wall=10.0)
     assert figures["engine_prompt_tps"] == 90.0
     assert figures["outside_engine_s"]["p50"] == pytest.approx(0.5)
+
+
+def test_answers_without_ids_are_not_counted_as_served_twice():
+    assert sessions.served_twice(["", "", "chatcmpl-a"]) == 0
