@@ -69,17 +69,14 @@ def beside_their_anchor(items: list) -> list:
     """Each replay against llama-server's defaults (the anchor) right after the appliance's replay
     with as many developers: this host's pace drifts over minutes (the engine's prompt rate moved
     0.84-1.24 between runs of one check), and the two are compared as a ratio."""
-    def developers(item, name):
-        return item.callspec.params.get("developers") if item.originalname == name else None
-    anchors = {developers(i, "test_sessions_on_engine_defaults"): i for i in items
-               if developers(i, "test_sessions_on_engine_defaults") is not None}
-    ordered, placed = [], set(anchors.values())
+    anchor = "test_sessions_on_engine_defaults"
+    anchors = {i.callspec.params["developers"]: i for i in items if i.originalname == anchor}
+    ordered = []
     for item in items:
-        if item in placed:
-            continue
-        ordered.append(item)
-        if developers(item, "test_sessions") in anchors:
-            ordered.append(anchors.pop(developers(item, "test_sessions")))
+        if item.originalname != anchor:
+            ordered.append(item)
+        if item.originalname == "test_sessions" and item.callspec.params["developers"] in anchors:
+            ordered.append(anchors.pop(item.callspec.params["developers"]))
     return ordered + list(anchors.values())
 
 

@@ -390,11 +390,12 @@ def replay(ep: Endpoint, developers: int, shape: Shape, seed_base: int | None = 
     t0 = time.monotonic()
     wall = run_at_once([partial(run_session, ep, d, seed_base + d, shape, t0, turns, errors, last, kind)
                         for d in range(developers)])
+    ids = completion_ids(turns)
     return {"developers": developers, "kind": kind, "gated": KINDS[kind].gated, "shape": asdict(shape),
             "wall_s": round(wall, 1), "errors": sorted(errors),
             "turns": [t.as_dict() for t in sorted(turns, key=lambda t: (t.developer, t.turn))],
-            **summary(turns, wall), "crosstalk": crosstalk(ep, last, shape, {t.completion_id for t in turns}),
-            "answers_served_twice": served_twice([t.completion_id for t in turns])}
+            **summary(turns, wall), "crosstalk": crosstalk(ep, last, shape, set(ids)),
+            "answers_served_twice": served_twice(ids)}
 
 
 def said(s) -> str:
@@ -402,12 +403,15 @@ def said(s) -> str:
     return s.content + "".join(f"<call {c['function']['name']} {c['function']['arguments']}>" for c in s.tool_calls)
 
 
+def completion_ids(turns: list[Turn]) -> list[str]:
+    """The turns' answer ids, where they have one (another server behind a url target may send none)."""
+    return [t.completion_id for t in turns if t.completion_id]
+
+
 def served_twice(ids: list[str]) -> int:
     """How many answers carried the id of another: each completion has its own (a random one from
     llama-server), so a repeat is one response delivered twice, as by a cache in the path that keys
-    requests by URI alone (nginx's default cache key leaves the body out). An answer without an id
-    (another server behind a url target) is not counted."""
-    ids = [i for i in ids if i]
+    requests by URI alone (nginx's default cache key leaves the body out)."""
     return len(ids) - len(set(ids))
 
 
@@ -423,7 +427,7 @@ def crosstalk(ep: Endpoint, last: list[LastRequest], shape: Shape, ids_under_loa
                     min(len(req.answer), len(alone)))
         rows.append({"developer": req.developer, "status": s.status,
                      "identical": s.status == 200 and alone == req.answer, "common_prefix_chars": same,
-                     "new_completion": not s.chunks or s.chunks[-1].get("id", "") not in ids_under_load - {""},
+                     "new_completion": not s.chunks or s.chunks[-1].get("id", "") not in ids_under_load,
                      "under_load": req.answer[:80], "alone": alone[:80]})
     return rows
 

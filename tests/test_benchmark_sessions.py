@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -257,4 +258,5 @@ def test_a_turn_is_split_into_the_engines_time_and_the_rest():
 
 
 def test_answers_without_ids_are_not_counted_as_served_twice():
-    assert sessions.served_twice(["", "", "chatcmpl-a"]) == 0
+    turns = [replace(turn(k, 1.0, 10), completion_id=i) for k, i in enumerate(["", "", "chatcmpl-a"])]
+    assert sessions.served_twice(sessions.completion_ids(turns)) == 0
